@@ -1,0 +1,277 @@
+"""The one typed configuration: defaults -> YAML file -> dotted `--set` overrides, validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nmt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    src_lang: str = "en"  # source language code: file suffix, column or translation key
+    tgt_lang: str = "de"  # target language code
+    train: str = ""  # training corpus: file prefix (PREFIX.src/.tgt), .tsv, .jsonl, saved dataset dir or hub:NAME
+    valid: str = ""  # validation corpus in the same forms; empty disables validation
+    train_split: str = "train"  # split name when the corpus is a dataset (on disk or hub)
+    valid_split: str = "validation"  # split name of the validation corpus when it is a dataset
+    hub_config: str = ""  # dataset configuration name for hub datasets that have several
+    max_tokens_per_side: int = 128  # drop training pairs whose either side is longer (subword tokens)
+    max_length_ratio: float = 3.0  # drop pairs whose token-length ratio exceeds this
+    dedup: bool = True  # drop exact duplicate pairs from the training corpus
+    cache_dir: str = ""  # tokenized-data cache; empty means $NMT_CACHE or ~/.cache/nmt
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    model: str = ""  # existing SentencePiece model (joint) to use; empty trains one into the run dir
+    src_model: str = ""  # existing source model when vocabularies are separate
+    tgt_model: str = ""  # existing target model when vocabularies are separate
+    joint: bool = True  # one vocabulary for both languages (enables shared embeddings)
+    type: str = "unigram"  # SentencePiece model type: unigram or bpe
+    vocab_size: int = 8000  # pieces per vocabulary, special tokens included
+    character_coverage: float = 1.0  # share of characters covered; lower (0.9995) for CJK scripts
+    input_sentence_size: int = 1_000_000  # sentences sampled for training the tokenizer
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=256),
+    "small": dict(d_model=256, n_heads=4, n_encoder_layers=3, n_decoder_layers=3, d_ff=1024),
+    "base": dict(d_model=512, n_heads=8, n_encoder_layers=6, n_decoder_layers=6, d_ff=2048),
+    "big": dict(d_model=1024, n_heads=16, n_encoder_layers=6, n_decoder_layers=6, d_ff=4096),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "base"  # tiny, small, base or big; explicit keys in the same file override it
+    d_model: int = 512  # width of embeddings and hidden states
+    n_heads: int = 8  # attention heads; must divide d_model
+    n_encoder_layers: int = 6  # encoder layers
+    n_decoder_layers: int = 6  # decoder layers
+    d_ff: int = 2048  # inner width of the feed-forward sub-layer
+    dropout: float = 0.1  # dropout on embeddings and sub-layer outputs
+    attention_dropout: float = 0.0  # dropout on attention weights
+    activation_dropout: float = 0.0  # dropout after the feed-forward activation
+    activation: str = "relu"  # feed-forward activation: relu or gelu
+    norm_first: bool = True  # LayerNorm before each sub-layer (pre-norm) or after it (post-norm)
+    positions: str = "sinusoidal"  # position encoding: sinusoidal or learned
+    max_positions: int = 512  # longest sequence the position table covers
+    share_embeddings: bool = True  # tie source, target and output embeddings (needs a joint vocabulary)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1  # seed for initialisation, dropout and batch order
+    max_tokens: int = 4096  # token budget of one batch (padded source + target tokens)
+    accum_steps: int = 1  # batches whose gradients are summed before one update
+    lr: float = 7e-4  # peak learning rate, reached at the end of warmup
+    warmup_steps: int = 4000  # linear warmup, then inverse-square-root decay
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    weight_decay: float = 0.0001  # AdamW weight decay
+    label_smoothing: float = 0.1  # label smoothing of the cross-entropy
+    clip_norm: float = 1.0  # clip the gradient norm to this; 0 disables clipping
+    max_steps: int = 100_000  # stop after this many updates
+    max_epochs: int = 0  # stop after this many epochs; 0 means no bound
+    max_minutes: float = 0.0  # stop after this many minutes of training in this invocation; 0 means no bound
+    valid_every: int = 1000  # validate (loss and BLEU) every this many updates
+    valid_bleu_sentences: int = 0  # sentences of the validation set decoded for BLEU; 0 means all
+    patience: int = 0  # stop after this many validations without a BLEU gain; 0 disables early stopping
+    save_every: int = 1000  # write a checkpoint every this many updates
+    keep_last: int = 5  # step checkpoints kept on disk
+    log_every: int = 100  # write training metrics every this many updates
+    device: str = "auto"  # auto, cpu or cuda
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam: int = 5  # beam size; 1 is greedy search
+    length_penalty: float = 1.0  # hypothesis score is log-probability / length**length_penalty
+    max_len_a: float = 1.5  # output length limit is max_len_a * source_length + max_len_b
+    max_len_b: int = 10  # see max_len_a
+    max_tokens: int = 6000  # source-token budget of one decoding batch
+    nbest: int = 1  # hypotheses returned per sentence
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+def _convert(key: str, value: Any, annotation: Any) -> Any:
+    """Convert `value` (from YAML or a `--set` string) to the field's type, or raise ConfigError."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"tuple": tuple}, {})  # annotations are postponed strings
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+        item_types = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ConfigError(f"{key}: expected {len(item_types)} values, got {value!r}")
+        return tuple(_convert(key, v, t) for v, t in zip(value, item_types))
+    if isinstance(value, str) and annotation is not str:
+        value = yaml.safe_load(value) if value.strip() else value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, str):  # YAML reads "5e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{key}: expected {type_name}, got {value!r}")
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+
+
+def merge(values: dict[str, dict[str, Any]], base: Config | None = None) -> Config:
+    """Apply nested `values` ({section: {key: value}}) on top of `base`, converting types."""
+    base = base or Config()
+    sections = _section_types()
+    updated: dict[str, Any] = {}
+    for section, entries in values.items():
+        if section not in sections:
+            raise _unknown_key(section, list(sections))
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{section}: expected a mapping of keys, got {entries!r}")
+        current = getattr(base, section)
+        types_by_name = {f.name: f.type for f in fields(current)}
+        changes = {}
+        for key, value in entries.items():
+            if key not in types_by_name:
+                raise _unknown_key(f"{section}.{key}", list(types_by_name))
+            changes[key] = _convert(f"{section}.{key}", value, types_by_name[key])
+        if section == "model" and "preset" in changes:
+            preset = changes["preset"]
+            if preset not in PRESETS:
+                raise ConfigError(f"model.preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            changes = {**PRESETS[preset], **changes}  # explicit keys beat the preset
+        updated[section] = replace(current, **changes)
+    return replace(base, **updated)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """Turn ["train.lr=5e-4", ...] into {"train": {"lr": "5e-4"}}; values are converted later."""
+    nested: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=5e-4")
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build the config from defaults, an optional YAML file and `--set` overrides, then validate it."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping with sections data, tokenizer, model, train, decode")
+    config = merge(values)
+    # Overrides go on top; a preset named there applies before the keys beside it.
+    config = merge(parse_overrides(overrides or []), config)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check ranges and cross-field rules; raise ConfigError naming the key."""
+    m, t, d, k = config.model, config.train, config.decode, config.tokenizer
+    rules = [
+        (m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0,
+         f"model.d_model ({m.d_model}) must be a positive multiple of model.n_heads ({m.n_heads})"),
+        (m.positions != "sinusoidal" or m.d_model % 2 == 0, f"model.d_model ({m.d_model}) must be even for sinusoidal positions"),
+        (m.n_encoder_layers >= 1 and m.n_decoder_layers >= 1, "model.n_encoder_layers and model.n_decoder_layers must be >= 1"),
+        (m.d_ff > 0, f"model.d_ff must be > 0, got {m.d_ff}"),
+        (m.activation in ("relu", "gelu"), f"model.activation must be relu or gelu, got {m.activation!r}"),
+        (m.positions in ("sinusoidal", "learned"), f"model.positions must be sinusoidal or learned, got {m.positions!r}"),
+        (all(0 <= p < 1 for p in (m.dropout, m.attention_dropout, m.activation_dropout)), "model dropout values must be in [0, 1)"),
+        (not m.share_embeddings or k.joint, "model.share_embeddings needs tokenizer.joint: true (set model.share_embeddings=false)"),
+        (k.type in ("unigram", "bpe"), f"tokenizer.type must be unigram or bpe, got {k.type!r}"),
+        (k.vocab_size >= 16, f"tokenizer.vocab_size must be >= 16, got {k.vocab_size}"),
+        (0 < k.character_coverage <= 1, f"tokenizer.character_coverage must be in (0, 1], got {k.character_coverage}"),
+        (t.max_tokens > 0, f"train.max_tokens must be > 0, got {t.max_tokens}"),
+        (t.accum_steps >= 1, f"train.accum_steps must be >= 1, got {t.accum_steps}"),
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        (0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
+        (t.max_steps > 0, f"train.max_steps must be > 0, got {t.max_steps}"),
+        (t.valid_every > 0 and t.save_every > 0 and t.log_every > 0, "train.valid_every, save_every and log_every must be > 0"),
+        (t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}"),
+        (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+        (d.beam >= 1, f"decode.beam must be >= 1, got {d.beam}"),
+        (1 <= d.nbest <= d.beam, f"decode.nbest must be between 1 and decode.beam ({d.beam}), got {d.nbest}"),
+        (d.max_len_a >= 0 and d.max_len_b >= 1, "decode.max_len_a must be >= 0 and decode.max_len_b >= 1"),
+        (d.max_tokens > 0, f"decode.max_tokens must be > 0, got {d.max_tokens}"),
+        (config.data.max_tokens_per_side >= 1, "data.max_tokens_per_side must be >= 1"),
+        (config.data.max_tokens_per_side + 2 <= m.max_positions,
+         f"data.max_tokens_per_side ({config.data.max_tokens_per_side}) + 2 must fit model.max_positions ({m.max_positions})"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The config as plain nested data (tuples as lists) for YAML and checkpoints."""
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+    return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, s)).items()} for s in _section_types()}
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config saved by `save_config` (presets are already expanded there)."""
+    config = merge(values)  # every key is explicit there, so they all beat the preset
+    validate(config)
+    return config

@@ -1,0 +1,19 @@
+"""Errors the library raises for bad input: each says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class NMTError(Exception):
+    """Base class: a problem the user can fix. The CLI prints it as one line."""
+
+
+class ConfigError(NMTError):
+    """A config key is unknown, a value has the wrong type, or values contradict each other."""
+
+
+class DataError(NMTError):
+    """A corpus or input file is missing, unreadable, misaligned or empty."""
+
+
+class CheckpointError(NMTError):
+    """A model directory or checkpoint is missing, corrupt, or does not match its tokenizer."""
