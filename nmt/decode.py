@@ -1,0 +1,164 @@
+"""Greedy and batched beam search over `Transformer.encode` / `Transformer.decode` with a KV cache."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from nmt.config import DecodeConfig
+from nmt.model import Transformer, reorder_cache
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # target ids without BOS and EOS
+    score: float  # log_prob / length**length_penalty, the value beams are ranked by
+    log_prob: float  # sum of token log-probabilities, EOS included
+
+
+def _step_log_probs(model: Transformer, last: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+                    cache: list, step: int, max_lens: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (N, V) for the next token; EOS is forced where the length limit is reached."""
+    logits = model.decode(last, memory, src_mask, cache)[:, -1].float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    log_probs[:, PAD_ID] = float("-inf")
+    log_probs[:, BOS_ID] = float("-inf")
+    at_limit = step + 1 >= max_lens  # this step produces token number step + 1
+    if at_limit.any():
+        eos = log_probs[at_limit, EOS_ID].clone()
+        log_probs[at_limit] = float("-inf")
+        log_probs[at_limit, EOS_ID] = eos
+    return log_probs
+
+
+@torch.no_grad()
+def greedy_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor) -> list[list[Hypothesis]]:
+    """src (B, S) padded ids ending in EOS; max_lens (B,) output limits counting EOS."""
+    memory, src_mask = model.encode(src)
+    B = src.size(0)
+    cache = model.new_cache()
+    last = torch.full((B, 1), BOS_ID, dtype=torch.long, device=src.device)
+    generated, log_prob = [], torch.zeros(B, device=src.device)
+    finished = torch.zeros(B, dtype=torch.bool, device=src.device)
+    for step in range(int(max_lens.max())):
+        log_probs = _step_log_probs(model, last, memory, src_mask, cache, step, max_lens)
+        best, token = log_probs.max(dim=-1)
+        log_prob += torch.where(finished, torch.zeros_like(best), best)
+        token = token.masked_fill(finished, PAD_ID)
+        generated.append(token)
+        finished |= token == EOS_ID
+        last = token[:, None]
+        if finished.all():
+            break
+    rows = torch.stack(generated, dim=1).tolist()
+    return [[Hypothesis(_strip(row), lp, lp)] for row, lp in zip(rows, log_prob.tolist())]
+
+
+def _strip(row: Sequence[int]) -> list[int]:
+    out = []
+    for token in row:
+        if token in (EOS_ID, PAD_ID):
+            break
+        out.append(token)
+    return out
+
+
+@torch.no_grad()
+def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, beam: int,
+                length_penalty: float = 1.0, nbest: int = 1) -> list[list[Hypothesis]]:
+    """Batched beam search: `beam` hypotheses per sentence, each step one decoder call for all of them.
+
+    A candidate ending in EOS that ranks within the top `beam` is finished; a sentence is done
+    once it has `beam` finished hypotheses. Returns the `nbest` best per sentence, best first.
+    """
+    B, K = src.size(0), beam
+    memory, src_mask = model.encode(src)
+    memory, src_mask = memory.repeat_interleave(K, 0), src_mask.repeat_interleave(K, 0)  # (B*K, ...)
+    limits = max_lens.repeat_interleave(K)
+    cache = model.new_cache()
+    tokens = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=src.device)
+    scores = torch.full((B, K), float("-inf"), device=src.device)
+    scores[:, 0] = 0.0  # all beams start identical; keep one so candidates are not duplicated
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    offsets = torch.arange(B, device=src.device)[:, None] * K
+    for step in range(int(max_lens.max())):
+        log_probs = _step_log_probs(model, tokens[:, -1:], memory, src_mask, cache, step, limits)
+        V = log_probs.size(-1)
+        candidates = (scores.view(-1, 1) + log_probs).view(B, K * V)
+        top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K), best first
+        top_beam, top_token = top_index // V, top_index % V
+        is_eos = top_token == EOS_ID
+        _finish(finished, tokens, offsets, top_scores, top_beam, is_eos, done, K, step + 1, length_penalty)
+        done |= torch.tensor([len(f) >= K for f in finished], device=src.device)
+        if done.all():
+            break
+        # The best K candidates that do not end here continue (at most K of 2K can end in EOS).
+        keep_scores, keep_pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=1)
+        rows = (offsets + top_beam.gather(1, keep_pos)).view(-1)
+        tokens = torch.cat([tokens[rows], top_token.gather(1, keep_pos).view(-1, 1)], dim=1)
+        cache = reorder_cache(cache, rows, memory_too=False)
+        scores = keep_scores.masked_fill(done[:, None], float("-inf"))
+    return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
+
+
+def _finish(finished: list[list[Hypothesis]], tokens: torch.Tensor, offsets: torch.Tensor,
+            top_scores: torch.Tensor, top_beam: torch.Tensor, is_eos: torch.Tensor, done: torch.Tensor,
+            K: int, length: int, length_penalty: float) -> None:
+    """Record EOS candidates ranked within the top K of sentences not yet done."""
+    ending = is_eos[:, :K] & torch.isfinite(top_scores[:, :K]) & ~done[:, None]
+    if not ending.any():
+        return
+    for b, j in ending.nonzero().tolist():
+        if len(finished[b]) >= K:
+            continue
+        row = int(offsets[b, 0] + top_beam[b, j])
+        log_prob = float(top_scores[b, j])
+        finished[b].append(Hypothesis(tokens[row, 1:].tolist(), log_prob / length ** length_penalty, log_prob))
+
+
+def output_limits(src_lengths: torch.Tensor, config: DecodeConfig, max_positions: int) -> torch.Tensor:
+    """Per-sentence output length limit (EOS included): a * source length + b, within the position table."""
+    limits = (src_lengths.float() * config.max_len_a).long() + config.max_len_b
+    return limits.clamp(min=1, max=max_positions)
+
+
+@torch.no_grad()
+def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: DecodeConfig,
+                  device: torch.device | str = "cpu",
+                  progress: Optional[Callable[[int], None]] = None) -> list[list[Hypothesis]]:
+    """Translate token-id sequences (no specials) in length-sorted batches; results keep input order."""
+    model.eval()
+    max_source = model.config.max_positions - 1  # room for EOS
+    too_long = sum(len(s) > max_source for s in sources)
+    if too_long:
+        log.warning("%d input line(s) longer than %d tokens were truncated", too_long, max_source)
+    prepared = [list(s[:max_source]) + [EOS_ID] for s in sources]
+    order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i]))
+    results: list[Optional[list[Hypothesis]]] = [None] * len(prepared)
+    start = 0
+    while start < len(order):
+        longest = len(prepared[order[start]])
+        size = max(1, config.max_tokens // (longest * config.beam))
+        batch = order[start:start + size]
+        src = torch.full((len(batch), longest), PAD_ID, dtype=torch.long)
+        for row, index in enumerate(batch):
+            src[row, : len(prepared[index])] = torch.tensor(prepared[index])
+        src = src.to(device)
+        limits = output_limits((src != PAD_ID).sum(1) - 1, config, model.config.max_positions)
+        if config.beam == 1:
+            hyps = greedy_search(model, src, limits)
+        else:
+            hyps = beam_search(model, src, limits, config.beam, config.length_penalty, config.nbest)
+        for index, h in zip(batch, hyps):
+            results[index] = h
+        start += len(batch)
+        if progress is not None:
+            progress(len(batch))
+    return results  # type: ignore[return-value]

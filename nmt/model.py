@@ -1,0 +1,226 @@
+"""The encoder-decoder transformer (Vaswani et al., 2017) with incremental decoding.
+
+Conventions, chosen so a post-norm model maps one-to-one onto Hugging Face MarianMT:
+- Masks are boolean and True means "may attend" (the SDPA convention); `src_mask` is (B, 1, 1, S).
+- Token embeddings are scaled by sqrt(d_model); sinusoidal positions start at 0 and put the
+  sines in the first half of the vector, the cosines in the second.
+- Every linear layer has a bias except the output projection; LayerNorm eps is 1e-5.
+- Pre-norm models end each stack with a final LayerNorm; post-norm models have none.
+All attention runs through `torch.nn.functional.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt.config import ModelConfig
+
+Cache = list[dict[str, torch.Tensor]]  # one dict per decoder layer: self k/v and cross k/v
+
+
+def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
+    """(n_positions, d_model): sin(p * w_i) in the first half, cos(p * w_i) in the second."""
+    frequencies = torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * frequencies[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; keys/values are projected separately so callers can cache them."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, L, D/H)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: Optional[torch.Tensor] = None, causal: bool = False) -> torch.Tensor:
+        """Queries from x (B, L, D) attend to k, v (B, H, S, D/H); returns (B, L, D)."""
+        B, L, D = x.shape
+        q = self._split(self.q_proj(x))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.activation = F.gelu if activation == "gelu" else F.relu
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+
+
+class Residual(nn.Module):
+    """x + dropout(sublayer(norm(x))) in pre-norm, norm(x + dropout(sublayer(x))) in post-norm."""
+
+    def __init__(self, d_model: int, dropout: float, norm_first: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: torch.Tensor, sublayer) -> torch.Tensor:
+        if self.norm_first:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
+        self.ff = FeedForward(c.d_model, c.d_ff, c.activation, c.activation_dropout)
+        self.attn_block = Residual(c.d_model, c.dropout, c.norm_first)
+        self.ff_block = Residual(c.d_model, c.dropout, c.norm_first)
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        def attention(h: torch.Tensor) -> torch.Tensor:
+            return self.self_attn.attend(h, *self.self_attn.project_kv(h), mask=src_mask)
+        return self.ff_block(self.attn_block(x, attention), self.ff)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
+        self.ff = FeedForward(c.d_model, c.d_ff, c.activation, c.activation_dropout)
+        self.self_block = Residual(c.d_model, c.dropout, c.norm_first)
+        self.cross_block = Residual(c.d_model, c.dropout, c.norm_first)
+        self.ff_block = Residual(c.d_model, c.dropout, c.norm_first)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+                cache: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """x (B, T, D). With a cache, x holds only the new positions (T == 1 once the cache is filled)."""
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            k, v = self.self_attn.project_kv(h)
+            if cache is not None:
+                if "k" in cache:  # earlier positions, (B, H, t, D/H)
+                    k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
+            # A single new query may see every cached key; a block of queries needs the causal mask.
+            return self.self_attn.attend(h, k, v, causal=h.size(1) > 1)
+
+        def cross_attention(h: torch.Tensor) -> torch.Tensor:
+            if cache is not None and "memory_k" in cache:
+                k, v = cache["memory_k"], cache["memory_v"]
+            else:
+                k, v = self.cross_attn.project_kv(memory)
+                if cache is not None:  # computed once per sentence, reused at every step
+                    cache["memory_k"], cache["memory_v"] = k, v
+            return self.cross_attn.attend(h, k, v, mask=src_mask)
+
+        x = self.self_block(x, self_attention)
+        x = self.cross_block(x, cross_attention)
+        return self.ff_block(x, self.ff)
+
+
+class Embedding(nn.Module):
+    """Token embedding * sqrt(d_model) + position encoding, then dropout."""
+
+    def __init__(self, tokens: nn.Embedding, c: ModelConfig) -> None:
+        super().__init__()
+        self.tokens, self.scale = tokens, math.sqrt(c.d_model)
+        self.learned = nn.Embedding(c.max_positions, c.d_model) if c.positions == "learned" else None
+        if self.learned is None:
+            self.register_buffer("table", sinusoidal_table(c.max_positions, c.d_model), persistent=False)
+        self.dropout = nn.Dropout(c.dropout)
+        self.max_positions = c.max_positions
+
+    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        end = start + ids.size(1)
+        if end > self.max_positions:
+            raise ValueError(f"sequence of {end} positions exceeds max_positions={self.max_positions}")
+        positions = self.learned.weight[start:end] if self.learned is not None else self.table[start:end]
+        return self.dropout(self.tokens(ids) * self.scale + positions)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder transformer. `encode` once, then `decode` in full or step by step with a cache."""
+
+    def __init__(self, c: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0) -> None:
+        super().__init__()
+        self.config, self.pad_id = c, pad_id
+        if c.share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError("shared embeddings need equal source and target vocabularies")
+        tgt_tokens = nn.Embedding(tgt_vocab_size, c.d_model, padding_idx=pad_id)
+        src_tokens = tgt_tokens if c.share_embeddings else nn.Embedding(src_vocab_size, c.d_model, padding_idx=pad_id)
+        self.src_embed, self.tgt_embed = Embedding(src_tokens, c), Embedding(tgt_tokens, c)
+        self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
+        self.encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
+        self.output = None if c.share_embeddings else nn.Linear(c.d_model, tgt_vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                # Embeddings are scaled up by sqrt(d_model), so start them at std d_model**-0.5.
+                nn.init.normal_(module.weight, std=self.config.d_model ** -0.5)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src (B, S) ids -> memory (B, S, D) and src_mask (B, 1, 1, S), True at real tokens."""
+        src_mask = (src != self.pad_id)[:, None, None, :]
+        x = self.src_embed(src)
+        for layer in self.encoder:
+            x = layer(x, src_mask)
+        return self.encoder_norm(x), src_mask
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+               cache: Optional[Cache] = None) -> torch.Tensor:
+        """tgt_in (B, T) -> logits (B, T, V). With a cache, tgt_in holds only the positions not yet seen."""
+        start = cache[0]["k"].size(2) if cache and "k" in cache[0] else 0
+        x = self.tgt_embed(tgt_in, start)
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, memory, src_mask, None if cache is None else cache[i])
+        x = self.decoder_norm(x)
+        weight = self.tgt_embed.tokens.weight if self.output is None else self.output.weight
+        return F.linear(x, weight)  # (B, T, V)
+
+    def new_cache(self) -> Cache:
+        return [{} for _ in self.decoder]
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory, src_mask = self.encode(src)
+        return self.decode(tgt_in, memory, src_mask)
+
+
+def reorder_cache(cache: Cache, index: torch.Tensor, memory_too: bool = True) -> Cache:
+    """Select batch rows `index` of the cached tensors.
+
+    Beam search reorders hypotheses only within a sentence, whose rows share the same memory
+    keys/values, so it passes memory_too=False and skips copying them.
+    """
+    return [{name: t if (name.startswith("memory") and not memory_too) else t.index_select(0, index)
+             for name, t in layer.items()} for layer in cache]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
