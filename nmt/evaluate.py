@@ -1,0 +1,34 @@
+"""Scoring with sacreBLEU: BLEU, chrF and TER with their signatures."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from sacrebleu.metrics import BLEU, CHRF, TER
+
+from nmt.errors import DataError
+
+
+def score(hyps: Sequence[str], refs: Sequence[str], where: str = "hypotheses") -> dict:
+    """Corpus-level sacreBLEU scores (cased, detokenized input) and each metric's signature."""
+    if len(hyps) != len(refs):
+        raise DataError(f"{where}: {len(hyps)} hypotheses but {len(refs)} references; they must be line-aligned")
+    if not refs:
+        raise DataError(f"{where}: nothing to score (no lines)")
+    result: dict = {"sentences": len(refs)}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
+        value = metric.corpus_score(list(hyps), [list(refs)])
+        result[name] = round(value.score, 2)
+        result[f"{name}_signature"] = str(metric.get_signature())
+    return result
+
+
+def bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """sacreBLEU corpus BLEU only (used for validation during training)."""
+    return BLEU().corpus_score(list(hyps), [list(refs)]).score
+
+
+def format_scores(scores: dict) -> str:
+    """Human-readable lines: each score with its signature."""
+    names = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}  # sacreBLEU's own metric names
+    return "\n".join(f"{label:5s} = {scores[key]:6.2f}  {scores[key + '_signature']}" for key, label in names.items())

@@ -1,0 +1,200 @@
+"""End-to-end jobs the CLI calls: train a run, translate lines or files, evaluate a model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from nmt import checkpoint
+from nmt.config import Config, DecodeConfig, from_dict, save_config, to_dict
+from nmt.data import read_corpus, read_lines, require_pairs, tokenize_corpus
+from nmt.decode import translate_ids
+from nmt.errors import CheckpointError, ConfigError, NMTError
+from nmt.evaluate import bleu, score
+from nmt.model import Transformer, count_parameters
+from nmt.tokenizer import Tokenizer, load_tokenizer, prepare_tokenizer
+from nmt.train import Trainer, ValidSet
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+# Sections a resumed run may not change: the weights on disk were built from them.
+FIXED_ON_RESUME = ("model", "tokenizer")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NMTError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise NMTError(f"device must be cpu, cuda or auto, got {name!r}")
+    return torch.device(name)
+
+
+def build_model(config: Config, tokenizer: Tokenizer) -> Transformer:
+    if config.model.share_embeddings and not tokenizer.joint:
+        raise ConfigError("model.share_embeddings needs a joint tokenizer; this run has separate vocabularies")
+    return Transformer(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+
+
+def _check_resume_config(run_dir: Path, config: Config) -> None:
+    stored_path = run_dir / CONFIG_FILE
+    if not stored_path.is_file():
+        return
+    stored = to_dict(from_dict(yaml.safe_load(stored_path.read_text(encoding="utf-8"))))
+    new = to_dict(config)
+    for section in FIXED_ON_RESUME:
+        changed = [k for k in new[section] if new[section][k] != stored[section].get(k)]
+        if changed:
+            key = f"{section}.{changed[0]}"
+            raise ConfigError(f"{run_dir} holds a run with {key}={stored[section].get(changed[0])!r}, not "
+                              f"{new[section][changed[0]]!r}; use a new --run-dir or keep the stored value")
+
+
+def _translate_texts(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
+                     device: torch.device, show_progress: bool = False) -> list[str]:
+    """Translate detokenized lines; empty (or all-space) lines map to empty output lines."""
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    ids = tokenizer.encode_src([lines[i].strip() for i in todo])
+    with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_progress, mininterval=1.0) as bar:
+        hyps = translate_ids(model, ids, decode, device, progress=bar.update)
+    texts = tokenizer.decode_tgt([h[0].tokens for h in hyps])
+    out = [""] * len(lines)
+    for index, text in zip(todo, texts):
+        out[index] = text
+    return out
+
+
+def train(config: Config, run_dir: Path) -> dict:
+    """Train (or resume) the run in `run_dir` and return a summary."""
+    if not config.data.train:
+        raise ConfigError("data.train is empty: name a corpus (file prefix, .tsv, .jsonl, dataset dir or hub:NAME)")
+    device = resolve_device(config.train.device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is not None:
+        _check_resume_config(run_dir, config)
+    d = config.data
+    src, tgt = read_corpus(d.train, d.src_lang, d.tgt_lang, d.train_split, d.hub_config)
+    valid_src, valid_tgt = (read_corpus(d.valid, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)
+                            if d.valid else ([], []))
+    require_pairs(src, tgt, d.train)
+    tokenizer = prepare_tokenizer(config.tokenizer, run_dir, [s.strip() for s in src], [t.strip() for t in tgt],
+                                  config.train.seed, reuse=latest is not None)
+    corpus = tokenize_corpus(src, tgt, tokenizer, d, d.train)
+    log.info("training corpus %s: %s", d.train, corpus.stats.summary())
+    save_config(config, run_dir / CONFIG_FILE)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config, tokenizer)
+    log.info("model: %s parameters", f"{count_parameters(model):,}")
+    valid, bleu_fn = None, None
+    if valid_src:
+        pairs = [(s.strip(), t.strip()) for s, t in zip(valid_src, valid_tgt) if s.strip() and t.strip()]
+        valid = ValidSet(tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs]))
+        limit = config.train.valid_bleu_sentences or len(pairs)
+        bleu_src, bleu_ref = [s for s, _ in pairs[:limit]], [t for _, t in pairs[:limit]]
+
+        def bleu_fn(m: Transformer) -> float:
+            return bleu(_translate_texts(m, tokenizer, bleu_src, config.decode, device), bleu_ref)
+    trainer = Trainer(model, config.train, run_dir, corpus, valid, bleu_fn, device)
+    if latest is not None:
+        trainer.resume(latest)
+    reason = trainer.train()
+    p = trainer.progress
+    return {"run_dir": str(run_dir), "step": p.step, "epoch": p.epoch, "best_valid_bleu": p.best_bleu,
+            "train_minutes": round(p.train_seconds / 60, 2), "stopped": reason}
+
+
+class Translator:
+    """A trained model ready to translate: `Translator.load(model_dir).translate(lines)`."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: Config, device: torch.device) -> None:
+        self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "auto") -> "Translator":
+        model_dir = Path(model_dir)
+        config_path = model_dir / CONFIG_FILE
+        if not config_path.is_file():
+            raise CheckpointError(f"{model_dir}: no {CONFIG_FILE}; is this a run directory made by `nmt train`?")
+        try:
+            config = from_dict(yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{config_path}: unreadable ({exc})") from None
+        tokenizer = load_tokenizer(model_dir)
+        torch_device = resolve_device(device)
+        model = build_model(config, tokenizer)
+        checkpoint.load_weights(model, checkpoint.inference_weights(model_dir))
+        return cls(model.to(torch_device).eval(), tokenizer, config, torch_device)
+
+    def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False, **decode) -> list[str]:
+        """Translate lines; `beam` and other DecodeConfig fields override the model's stored decode settings."""
+        settings = replace(self.config.decode, **({"beam": beam} if beam is not None else {}), **decode)
+        if settings.beam < 1:
+            raise ConfigError(f"beam must be >= 1, got {settings.beam}")
+        return _translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress)
+
+
+def write_lines_atomic(lines: Sequence[str], output: Path) -> None:
+    """Write lines to `output` through a temporary file, so the file is complete or absent."""
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as f:
+            f.writelines(line + "\n" for line in lines)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_input(input_path: Optional[Path], stdin: TextIO) -> list[str]:
+    if input_path is not None:
+        return read_lines(input_path)
+    return [line.rstrip("\r\n") for line in stdin]
+
+
+def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Optional[Path], beam: Optional[int],
+                   device: str = "auto", stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None) -> int:
+    """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the line count."""
+    if beam is not None and beam < 1:
+        raise ConfigError(f"--beam must be >= 1, got {beam}")
+    translator = Translator.load(model_dir, device)
+    lines = _read_input(input_path, stdin or sys.stdin)
+    out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100)
+    if output_path is None:
+        stdout = stdout or sys.stdout
+        stdout.writelines(line + "\n" for line in out)
+        stdout.flush()
+    else:
+        write_lines_atomic(out, output_path)
+    return len(out)
+
+
+def evaluate_files(hyp_path: Path, ref_path: Path) -> dict:
+    """Score a hypothesis file against a reference file."""
+    return score(read_lines(hyp_path), read_lines(ref_path), where=f"{hyp_path} vs {ref_path}")
+
+
+def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path, beam: Optional[int] = None,
+                   device: str = "auto", output_path: Optional[Path] = None) -> dict:
+    """Translate `src_path` with the model and score it against `ref_path`."""
+    src, refs = read_lines(src_path), read_lines(ref_path)
+    if len(src) != len(refs):
+        raise NMTError(f"{src_path} has {len(src)} lines but {ref_path} has {len(refs)}; they must be line-aligned")
+    translator = Translator.load(model_dir, device)
+    hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100)
+    if output_path is not None:
+        write_lines_atomic(hyps, output_path)
+    result = score(hyps, refs, where=str(src_path))
+    result["beam"] = beam if beam is not None else translator.config.decode.beam
+    return result

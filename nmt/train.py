@@ -1,0 +1,266 @@
+"""Training: label-smoothed loss, AdamW with inverse-sqrt warmup, the loop, validation and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nmt import checkpoint
+from nmt.config import TrainConfig
+from nmt.data import TokenizedCorpus, collate, make_batches
+from nmt.model import Transformer
+from nmt.tokenizer import PAD_ID
+
+log = logging.getLogger(__name__)
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed cross-entropy and summed NLL over non-padding targets.
+
+    logits (B, T, V), target (B, T). Smoothing spreads `smoothing` of the mass uniformly over the
+    vocabulary (Szegedy et al., 2016), as in the transformer paper.
+    """
+    logits = logits.reshape(-1, logits.size(-1)).float()
+    target = target.reshape(-1)
+    loss = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=smoothing, reduction="sum")
+    with torch.no_grad():
+        nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
+    return loss, nll
+
+
+def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
+    """LR factor: linear warmup to 1 over `warmup_steps`, then decay with 1/sqrt(step)."""
+    def factor(step: int) -> float:
+        step += 1
+        if warmup_steps == 0:
+            return 1.0 / math.sqrt(step)
+        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
+    return factor
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint so a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_index: int = 0  # next batch of `epoch` to train on
+    best_bleu: float = -1.0
+    bad_validations: int = 0
+    train_seconds: float = 0.0  # training time over all invocations of the run
+
+
+@dataclass
+class ValidSet:
+    src: list[list[int]]
+    tgt: list[list[int]]
+
+
+class Trainer:
+    """Runs updates until a bound is hit; validates, logs to metrics.jsonl and checkpoints on the way."""
+
+    def __init__(self, model: Transformer, config: TrainConfig, run_dir: Path, corpus: TokenizedCorpus,
+                 valid: Optional[ValidSet] = None, bleu: Optional[Callable[[Transformer], float]] = None,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.model, self.config, self.run_dir = model.to(device), config, run_dir
+        self.corpus, self.valid, self.bleu, self.device = corpus, valid, bleu, device
+        fused = device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay, eps=1e-8, fused=fused or None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, inverse_sqrt(config.warmup_steps))
+        self.progress = Progress()
+        self.src_lengths = [len(s) for s in corpus.src]
+        self.tgt_lengths = [len(t) for t in corpus.tgt]
+        self.metrics = run_dir / "metrics.jsonl"
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        p = self.progress
+        return {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "progress": {"step": p.step, "epoch": p.epoch, "batch_index": p.batch_index, "best_bleu": p.best_bleu,
+                         "bad_validations": p.bad_validations, "train_seconds": p.train_seconds},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": json.dumps(random.getstate()),
+        }
+
+    def resume(self, path: Path) -> None:
+        """Restore weights, optimizer, scheduler, progress and RNG states from a step directory."""
+        checkpoint.load_weights(self.model, path / checkpoint.WEIGHTS)
+        state = checkpoint.load_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        version, internal, gauss = json.loads(state["python_rng"])
+        random.setstate((version, tuple(internal), gauss))
+        log.info("resumed from %s (step %d, epoch %d)", path, self.progress.step, self.progress.epoch)
+
+    def save(self) -> None:
+        checkpoint.save_checkpoint(self.run_dir, self.progress.step, self.model, self.state(), self.config.keep_last)
+
+    def _log(self, record: dict) -> None:
+        with self.metrics.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _epoch_batches(self) -> list[list[int]]:
+        return make_batches(self.src_lengths, self.tgt_lengths, self.config.max_tokens, self.config.seed, self.progress.epoch)
+
+    def _next_group(self, batches: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
+        """The next `accum_steps` batches, moving into the next epoch when one runs out."""
+        group = []
+        while len(group) < self.config.accum_steps:
+            if self.progress.batch_index >= len(batches):
+                self.progress.epoch += 1
+                self.progress.batch_index = 0
+                batches = self._epoch_batches()
+            group.append(batches[self.progress.batch_index])
+            self.progress.batch_index += 1
+        return group, batches
+
+    def _update(self, group: list[list[int]]) -> tuple[float, float, int, int]:
+        """One optimizer update over the batches of `group`; returns loss, nll, target and all tokens."""
+        self.model.train()
+        inputs = [collate([self.corpus.src[i] for i in b], [self.corpus.tgt[i] for i in b]) for b in group]
+        n_target = sum(int((x["tgt_out"] != PAD_ID).sum()) for x in inputs)
+        n_tokens = n_target + sum(int((x["src"] != PAD_ID).sum()) for x in inputs)
+        total_loss = total_nll = 0.0
+        for x in inputs:
+            x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
+            with self._autocast():
+                logits = self.model(x["src"], x["tgt_in"])
+            loss, nll = label_smoothed_loss(logits, x["tgt_out"], self.config.label_smoothing)
+            (loss / n_target).backward()
+            total_loss += float(loss.detach())
+            total_nll += float(nll)
+        if self.config.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss / n_target, total_nll / n_target, n_target, n_tokens
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _stop_reason(self, started: float) -> Optional[str]:
+        c, p = self.config, self.progress
+        if p.step >= c.max_steps:
+            return f"reached train.max_steps={c.max_steps}"
+        if c.max_epochs and p.epoch >= c.max_epochs:
+            return f"reached train.max_epochs={c.max_epochs}"
+        if c.max_minutes and time.monotonic() - started >= c.max_minutes * 60:
+            return f"reached train.max_minutes={c.max_minutes}"
+        if c.patience and p.bad_validations >= c.patience:
+            return f"validation BLEU did not improve for {c.patience} validations (train.patience)"
+        return None
+
+    def train(self) -> str:
+        """Train until a bound is reached; returns why it stopped. The last state is always saved."""
+        c, p = self.config, self.progress
+        started = time.monotonic()
+        self._seconds_before = p.train_seconds
+        batches = self._epoch_batches()
+        window = {"loss": 0.0, "nll": 0.0, "target": 0, "tokens": 0, "updates": 0, "time": time.monotonic()}
+        bar = tqdm(total=c.max_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+        last_saved = p.step
+        reason = self._stop_reason(started)
+        while reason is None:
+            group, batches = self._next_group(batches)
+            loss, nll, n_target, n_tokens = self._update(group)
+            p.step += 1
+            for key, value in (("loss", loss * n_target), ("nll", nll * n_target), ("target", n_target), ("tokens", n_tokens)):
+                window[key] += value
+            window["updates"] += 1
+            bar.update(1)
+            if p.step % c.log_every == 0:
+                self._log_window(window, bar, started)
+            if p.step % c.valid_every == 0:
+                self.validate()
+            if p.step % c.save_every == 0:
+                self._checkpoint(started)
+                last_saved = p.step
+            reason = self._stop_reason(started)
+        bar.close()
+        if self.valid is not None and p.step % c.valid_every != 0:
+            self.validate()
+        if p.step != last_saved or not checkpoint.latest_checkpoint(self.run_dir):
+            self._checkpoint(started)
+        self._log({"step": p.step, "event": "stop", "reason": reason})
+        log.info("stopped at step %d: %s", p.step, reason)
+        return reason
+
+    def _checkpoint(self, started: float) -> None:
+        self.progress.train_seconds = self._seconds_before + time.monotonic() - started
+        self.save()
+
+    def _log_window(self, window: dict, bar: tqdm, started: float) -> None:
+        now = time.monotonic()
+        seconds = max(now - window["time"], 1e-9)
+        record = {"step": self.progress.step, "epoch": self.progress.epoch,
+                  "loss": window["loss"] / window["target"], "nll": window["nll"] / window["target"],
+                  "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": window["tokens"] / seconds,
+                  "elapsed_s": now - started}
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                        epoch=record["epoch"], eta=self._eta(seconds / window["updates"], now - started))
+        self._log(record)
+        window.update(loss=0.0, nll=0.0, target=0, tokens=0, updates=0, time=now)
+
+    def _eta(self, seconds_per_step: float, elapsed: float) -> str:
+        """Time left until the first bound (steps or minutes) is reached; tqdm's own ETA sees steps only."""
+        left = (self.config.max_steps - self.progress.step) * seconds_per_step
+        if self.config.max_minutes:
+            left = min(left, self.config.max_minutes * 60 - elapsed)
+        minutes, seconds = divmod(int(max(left, 0)), 60)
+        return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+    @torch.no_grad()
+    def valid_loss(self) -> float:
+        assert self.valid is not None
+        self.model.eval()
+        total, count = 0.0, 0
+        lengths = [len(s) for s in self.valid.src]
+        for batch in make_batches(lengths, [len(t) for t in self.valid.tgt], self.config.max_tokens, 0, 0):
+            x = collate([self.valid.src[i] for i in batch], [self.valid.tgt[i] for i in batch])
+            x = {k: v.to(self.device) for k, v in x.items()}
+            with self._autocast():
+                logits = self.model(x["src"], x["tgt_in"])
+            _, nll = label_smoothed_loss(logits, x["tgt_out"], 0.0)
+            total += float(nll)
+            count += int((x["tgt_out"] != PAD_ID).sum())
+        return total / max(count, 1)
+
+    def validate(self) -> None:
+        """Validation loss and BLEU; keeps the best weights and counts validations without a gain."""
+        if self.valid is None:
+            return
+        p = self.progress
+        record: dict = {"step": p.step, "valid_loss": self.valid_loss()}
+        if self.bleu is not None:
+            bleu = self.bleu(self.model)
+            record["valid_bleu"] = bleu
+            if bleu > p.best_bleu:
+                p.best_bleu, p.bad_validations = bleu, 0
+                checkpoint.save_weights(self.model, checkpoint.checkpoint_dir(self.run_dir) / checkpoint.BEST,
+                                        metadata={"step": str(p.step), "valid_bleu": f"{bleu:.2f}"})
+            else:
+                p.bad_validations += 1
+        self._log(record)
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
