@@ -1,0 +1,141 @@
+"""The `nmt` command line: thin Typer wrappers that parse options, call one `nmt` function and print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional, TypeVar
+
+import typer
+
+app = typer.Typer(help="Train, run and score transformer translation models.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+tokenizer_app = typer.Typer(help="Tokenizer commands.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+T = TypeVar("T")
+_state = {"verbose": False}
+
+
+def _run(job: Callable[[], T]) -> T:
+    """Run a library call; an NMTError becomes one line on stderr and exit code 1 (traceback with --verbose)."""
+    from nmt.errors import NMTError
+
+    try:
+        return job()
+    except NMTError as exc:
+        if _state["verbose"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs and full tracebacks on errors.")] = False) -> None:
+    """nmt: train, run and score transformer translation models."""
+    _state["verbose"] = verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("datasets", "filelock", "fsspec", "urllib3", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="YAML config with sections data, tokenizer, model, train, decode.")] = None,
+    run_dir: Annotated[Path, typer.Option(help="Directory for the tokenizer, checkpoints, metrics and resolved config; "
+                                               "an existing run there is resumed.")] = Path("run"),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).")] = None,
+) -> None:
+    """Train a model (or resume the run in --run-dir) and print a JSON summary."""
+    from nmt.config import load_config
+    from nmt.pipeline import train as train_run
+
+    summary = _run(lambda: train_run(load_config(config, set_ or []), run_dir))
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def translate(
+    model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
+    input: Annotated[Optional[Path], typer.Option(help="Text file to translate, one sentence a line (default: stdin).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Where to write translations (default: stdout); written atomically.")] = None,
+    beam: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy); default: the model's decode.beam.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
+    from nmt.pipeline import translate_file
+
+    _run(lambda: translate_file(model, input, output, beam, device))
+
+
+@app.command("eval")
+def evaluate(
+    hyp: Annotated[Optional[Path], typer.Option(help="Hypothesis file to score (detokenized).")] = None,
+    ref: Annotated[Optional[Path], typer.Option(help="Reference file, line-aligned with --hyp or --src.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Run directory: translate --src with it, then score.")] = None,
+    src: Annotated[Optional[Path], typer.Option(help="Source file to translate (with --model).")] = None,
+    beam: Annotated[Optional[int], typer.Option(help="Beam size with --model; default: the model's decode.beam.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (with --model).")] = "auto",
+    output: Annotated[Optional[Path], typer.Option(help="Also write the translations here (with --model).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object with scores and signatures.")] = False,
+) -> None:
+    """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures).
+
+    Either --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE.
+    """
+    from nmt.errors import NMTError
+    from nmt.evaluate import format_scores
+    from nmt.pipeline import evaluate_files, evaluate_model
+
+    def job() -> dict:
+        if ref is None or (hyp is None) == (model is None) or (model is not None and src is None):
+            raise NMTError("give --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE")
+        if beam is not None and beam < 1:
+            raise NMTError(f"--beam must be >= 1, got {beam}")
+        if hyp is not None:
+            return evaluate_files(hyp, ref)
+        return evaluate_model(model, src, ref, beam, device, output)
+
+    scores = _run(job)
+    typer.echo(json.dumps(scores) if json_ else format_scores(scores))
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus: Annotated[str, typer.Option(help="Parallel corpus: file prefix (PREFIX.SRC/.TGT), .tsv, .jsonl, dataset dir or hub:NAME.")],
+    output: Annotated[Path, typer.Option(help="Directory to write spm.model (or spm.src.model and spm.tgt.model).")],
+    src_lang: Annotated[str, typer.Option(help="Source language code.")] = "en",
+    tgt_lang: Annotated[str, typer.Option(help="Target language code.")] = "de",
+    split: Annotated[str, typer.Option(help="Split to read when the corpus is a dataset.")] = "train",
+    joint: Annotated[bool, typer.Option("--joint/--separate", help="One shared vocabulary, or one per language.")] = True,
+    model_type: Annotated[str, typer.Option("--type", help="unigram or bpe.")] = "unigram",
+    vocab_size: Annotated[int, typer.Option(help="Pieces per vocabulary, special tokens included.")] = 8000,
+    character_coverage: Annotated[float, typer.Option(help="Share of characters covered (0.9995 for CJK).")] = 1.0,
+) -> None:
+    """Train SentencePiece model(s) on a parallel corpus; point tokenizer.model at the result."""
+    from nmt.config import load_config
+    from nmt.data import read_corpus
+    from nmt.errors import NMTError
+    from nmt.tokenizer import prepare_tokenizer
+
+    def job() -> list[str]:
+        config = load_config(None, [f"tokenizer.joint={joint}", f"model.share_embeddings={joint}", f"tokenizer.type={model_type}",
+                                    f"tokenizer.vocab_size={vocab_size}", f"tokenizer.character_coverage={character_coverage}"])
+        existing = [f for f in ("spm.model", "spm.src.model", "spm.tgt.model") if (output / f).exists()]
+        if existing:
+            raise NMTError(f"{output / existing[0]} already exists; choose another --output or remove it")
+        src, tgt = read_corpus(corpus, src_lang, tgt_lang, split)
+        return [str(f) for f in prepare_tokenizer(config.tokenizer, output, src, tgt).files]
+
+    for path in _run(job):
+        typer.echo(path)
+
+
+if __name__ == "__main__":
+    app()
