@@ -1,0 +1,60 @@
+"""Shared fixtures: a rule-based toy language pair, tiny configs, an isolated data cache."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+# Toy pair: each source word has one target word; the target keeps the word order but puts
+# the last word first, so the model must look at the whole source, not copy position by position.
+SRC_WORDS = ["ka", "lu", "mi", "no", "pe", "ri", "su", "to", "va", "ze", "bo", "di"]
+TGT_WORDS = ["Haus", "Baum", "Katze", "Hund", "rot", "blau", "groß", "klein", "läuft", "sitzt", "hier", "dort"]
+LEXICON = dict(zip(SRC_WORDS, TGT_WORDS))
+
+
+def toy_translate(sentence: str) -> str:
+    words = [LEXICON[w] for w in sentence.split()]
+    return " ".join(words[-1:] + words[:-1])
+
+
+def toy_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    src = [" ".join(rng.choice(SRC_WORDS) for _ in range(rng.randint(2, 6))) for _ in range(n)]
+    return src, [toy_translate(s) for s in src]
+
+
+def write_pair(prefix: Path, src: list[str], tgt: list[str], src_lang: str = "xx", tgt_lang: str = "yy") -> Path:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}.{src_lang}").write_text("".join(s + "\n" for s in src), encoding="utf-8")
+    Path(f"{prefix}.{tgt_lang}").write_text("".join(t + "\n" for t in tgt), encoding="utf-8")
+    return prefix
+
+
+# Small enough to train in seconds on one CPU core, big enough to learn the toy pair.
+TINY = [
+    "data.src_lang=xx", "data.tgt_lang=yy",
+    "tokenizer.vocab_size=64", "tokenizer.type=bpe",
+    "model.preset=tiny", "model.dropout=0.1",
+    "train.max_tokens=1200", "train.lr=3e-3", "train.warmup_steps=30", "train.label_smoothing=0.0",
+    "train.log_every=10", "train.valid_every=100", "train.save_every=50", "train.threads=1",
+    "decode.beam=3",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the tokenized-data cache inside the test's temporary tree; one thread keeps timings stable."""
+    monkeypatch.setenv("NMT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train/valid/test files of the toy pair; returns the directory."""
+    root = tmp_path_factory.mktemp("toy")
+    for name, n, seed in (("train", 2000, 1), ("valid", 40, 2), ("test", 40, 3)):
+        write_pair(root / name, *toy_pairs(n, seed))
+    return root

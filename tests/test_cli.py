@@ -1,0 +1,147 @@
+"""The command line end to end on the toy pair, and every bad input giving one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY, toy_pairs, toy_translate, write_pair
+from nmt_cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def sets(*overrides: str) -> list[str]:
+    return [item for o in overrides for item in ("--set", o)]
+
+
+@pytest.fixture(scope="session")
+def trained(toy_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny model trained through the CLI, shared by the tests below."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = invoke("train", "--run-dir", run_dir, *sets(*TINY, f"data.train={toy_corpus / 'train'}",
+                                                         f"data.valid={toy_corpus / 'valid'}", "train.max_steps=700"))
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def test_train_writes_a_complete_run(trained: Path) -> None:
+    assert (trained / "config.yaml").is_file() and (trained / "spm.model").is_file()
+    assert (trained / "checkpoints" / "best.safetensors").is_file()
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert any("valid_bleu" in r for r in records)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0] / 4
+
+
+def test_tiny_model_learns_the_toy_task(trained: Path, toy_corpus: Path) -> None:
+    result = invoke("eval", "--model", trained, "--src", toy_corpus / "test.xx", "--ref", toy_corpus / "test.yy", "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["bleu"] > 75, scores
+    assert scores["bleu_signature"].startswith("nrefs:1|case:mixed") and "chrf" in scores and "ter" in scores
+
+
+def test_translate_stdin_keeps_lines_and_empties(trained: Path) -> None:
+    lines = ["ka lu mi", "", "   ", "ze bo"]
+    result = invoke("translate", "--model", trained, "--beam", "1", input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    out = result.stdout.split("\n")[:-1]
+    assert len(out) == 4 and out[1] == "" and out[2] == ""
+    assert out[0] == toy_translate("ka lu mi")
+
+
+def test_translate_files_and_eval_hyp(trained: Path, toy_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hyp.yy"
+    result = invoke("translate", "--model", trained, "--input", toy_corpus / "test.xx", "--output", out, "--beam", "3")
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == len((toy_corpus / "test.xx").read_text().splitlines())
+    text = invoke("eval", "--hyp", out, "--ref", toy_corpus / "test.yy")
+    assert text.exit_code == 0 and "BLEU" in text.stdout and "chrF2" in text.stdout
+
+
+def test_train_resumes_an_existing_run(trained: Path, tmp_path: Path, toy_corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    result = invoke("train", "--run-dir", run_dir, *sets(*TINY, f"data.train={toy_corpus / 'train'}", "train.max_steps=710"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 710
+
+
+def assert_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in result.output, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_bad_config_and_options(tmp_path: Path, toy_corpus: Path, trained: Path) -> None:
+    assert_error(invoke("train", "--run-dir", tmp_path / "r", *sets("model.d_modle=3")), "model.d_modle", "d_model")
+    assert_error(invoke("train", "--run-dir", tmp_path / "r", *sets("model.n_heads=7")), "n_heads (7)")
+    assert_error(invoke("train", "--run-dir", tmp_path / "r", "--config", tmp_path / "none.yaml"), "none.yaml")
+    assert_error(invoke("translate", "--model", trained, "--beam", "0", input="ka\n"), "--beam must be >= 1")
+    assert_error(invoke("eval", "--hyp", toy_corpus / "test.yy"), "--ref")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_bad_corpora(tmp_path: Path) -> None:
+    src, tgt = toy_pairs(30)
+    train = lambda prefix: invoke("train", "--run-dir", tmp_path / "run", *sets(*TINY, f"data.train={prefix}"))  # noqa: E731
+    assert_error(train(tmp_path / "missing"), "missing", "corpus not found")
+    write_pair(tmp_path / "short", src, tgt[:-1])
+    assert_error(train(tmp_path / "short"), "short.xx has 30 lines but", "short.yy has 29")
+    write_pair(tmp_path / "bad", src, tgt)
+    (tmp_path / "bad.yy").write_bytes((tmp_path / "bad.yy").read_bytes().replace(b"Haus", b"H\xe4us", 1))
+    assert_error(train(tmp_path / "bad"), "bad.yy:", "invalid UTF-8")
+    write_pair(tmp_path / "empty", ["", " "], ["x", ""])
+    assert_error(train(tmp_path / "empty"), "no training pairs left after cleaning")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_input_files(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    assert_error(invoke("translate", "--model", trained, "--input", tmp_path / "nope.txt", "--output", out), "nope.txt", "not found")
+    assert not out.exists()
+    assert_error(invoke("translate", "--model", tmp_path, input="ka\n"), "config.yaml")
+    assert_error(invoke("eval", "--hyp", tmp_path / "h", "--ref", tmp_path / "r"), "file not found")
+
+
+def test_run_dir_that_does_not_match_its_tokenizer(trained: Path, tmp_path: Path, toy_corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    other = tmp_path / "other"
+    assert invoke("tokenizer", "train", "--corpus", toy_corpus / "train", "--src-lang", "xx", "--tgt-lang", "yy",
+                  "--output", other, "--vocab-size", "40").exit_code == 0
+    shutil.copy(other / "spm.model", run_dir / "spm.model")
+    assert_error(invoke("translate", "--model", run_dir, input="ka\n"), "do not match")
+    result = invoke("train", "--run-dir", run_dir, *sets(*TINY, f"data.train={toy_corpus / 'train'}", "model.d_model=32"))
+    assert_error(result, "model.d_model=64", "new --run-dir")
+
+
+def test_help_everywhere() -> None:
+    import click
+    import typer
+
+    top = invoke("--help")
+    assert top.exit_code == 0 and all(c in top.stdout for c in ("train", "translate", "eval", "tokenizer"))
+
+    def walk(command: click.Command, path: list[str]):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, path + [name])
+
+    for path, command in walk(typer.main.get_command(app), []):
+        assert command.help, f"nmt {' '.join(path)} has no help text"
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"nmt {' '.join(path)} {param.opts[0]} has no help text"
+        assert invoke(*path, "--help").exit_code == 0

@@ -1,0 +1,106 @@
+"""Search: beam 1 equals greedy, beam search matches a plain reference, batching changes nothing."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nmt.config import load_config
+from nmt.decode import beam_search, greedy_search, output_limits, translate_ids
+from nmt.model import Transformer
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+V = 24
+
+
+def make_model(seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    config = load_config(None, ["model.preset=tiny", "model.dropout=0.0"])
+    model = Transformer(config.model, V, V).eval()
+    with torch.no_grad():  # make EOS moderately likely so hypotheses end at varied lengths
+        model.tgt_embed.tokens.weight[EOS_ID] *= 3
+    return model
+
+
+def sources(n: int = 6, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, V, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+
+
+def padded(srcs: list[list[int]]) -> torch.Tensor:
+    longest = max(len(s) for s in srcs) + 1
+    return torch.tensor([s + [EOS_ID] + [PAD_ID] * (longest - len(s) - 1) for s in srcs])
+
+
+def reference_beam(model: Transformer, src: list[int], beam: int, max_len: int, alpha: float) -> list[tuple[list[int], float]]:
+    """One sentence, full recomputation each step, plain Python bookkeeping."""
+    memory, mask = model.encode(torch.tensor([src + [EOS_ID]]))
+    beams, finished = [([BOS_ID], 0.0)], []
+    for step in range(max_len):
+        candidates = []
+        for tokens, score in beams:
+            logits = model.decode(torch.tensor([tokens]), memory, mask)[0, -1]
+            log_probs = torch.log_softmax(logits.float(), -1)
+            log_probs[PAD_ID] = log_probs[BOS_ID] = -math.inf
+            if step + 1 >= max_len:
+                keep = log_probs[EOS_ID].item()
+                log_probs[:] = -math.inf
+                log_probs[EOS_ID] = keep
+            for token in range(V):
+                if log_probs[token] > -math.inf:
+                    candidates.append((score + log_probs[token].item(), tokens + [token]))
+        candidates.sort(key=lambda c: -c[0])
+        candidates = candidates[: 2 * beam]
+        for rank, (score, tokens) in enumerate(candidates[:beam]):
+            if tokens[-1] == EOS_ID and len(finished) < beam:
+                finished.append((tokens[1:-1], score / (step + 1) ** alpha))
+        if len(finished) >= beam:
+            break
+        beams = [(t, s) for s, t in candidates if t[-1] != EOS_ID][:beam]
+    return sorted(finished, key=lambda f: -f[1])
+
+
+@torch.no_grad()
+def test_beam_one_equals_greedy() -> None:
+    model, srcs = make_model(), sources(8)
+    src = padded(srcs)
+    limits = output_limits(torch.tensor([len(s) for s in srcs]), load_config().decode, 64)
+    greedy = greedy_search(model, src, limits)
+    beam = beam_search(model, src, limits, beam=1)
+    assert [g[0].tokens for g in greedy] == [b[0].tokens for b in beam]
+    for g, b in zip(greedy, beam):
+        assert math.isclose(g[0].log_prob, b[0].log_prob, rel_tol=1e-5, abs_tol=1e-5)
+
+
+@torch.no_grad()
+def test_beam_search_matches_reference() -> None:
+    model, srcs = make_model(3), sources(5, seed=4)
+    limits = torch.tensor([7] * len(srcs))
+    hyps = beam_search(model, padded(srcs), limits, beam=4, length_penalty=0.8, nbest=4)
+    for src, found in zip(srcs, hyps):
+        expected = reference_beam(model, src, beam=4, max_len=7, alpha=0.8)
+        assert [h.tokens for h in found] == [tokens for tokens, _ in expected]
+        for h, (_, score) in zip(found, expected):
+            assert math.isclose(h.score, score, rel_tol=1e-4, abs_tol=1e-4)
+
+
+@torch.no_grad()
+def test_nbest_sorted_and_lengths_bounded() -> None:
+    model, srcs = make_model(), sources(4)
+    limits = torch.tensor([3, 5, 4, 6])
+    hyps = beam_search(model, padded(srcs), limits, beam=4, nbest=3)
+    for limit, found in zip(limits.tolist(), hyps):
+        assert len(found) == 3
+        assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
+        assert all(len(h.tokens) + 1 <= limit for h in found)
+
+
+@torch.no_grad()
+def test_batching_and_order_do_not_change_translations() -> None:
+    model, srcs = make_model(), sources(9, seed=7)
+    config = load_config(None, ["decode.beam=3"]).decode
+    one_by_one = [translate_ids(model, [s], config)[0][0].tokens for s in srcs]
+    batched = [h[0].tokens for h in translate_ids(model, srcs, config)]
+    small_batches = [h[0].tokens for h in translate_ids(model, srcs, load_config(None, ["decode.beam=3", "decode.max_tokens=40"]).decode)]
+    assert batched == one_by_one == small_batches

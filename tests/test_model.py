@@ -1,0 +1,104 @@
+"""Transformer behaviour: shapes, incremental decoding, masks, padding, attention through SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt.config import load_config
+from nmt.model import Transformer, sinusoidal_table
+
+V = 40
+
+
+def make_model(*overrides: str) -> Transformer:
+    torch.manual_seed(0)
+    config = load_config(None, ["model.preset=tiny", "model.dropout=0.0", *overrides])
+    return Transformer(config.model, V, V).eval()
+
+
+VARIANTS = [(), ("model.norm_first=false",), ("model.positions=learned", "model.activation=gelu"),
+            ("model.share_embeddings=false", "tokenizer.joint=false")]
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(4, V, (3, 9), generator=g)
+    src[1, 6:] = 0  # padding
+    tgt = torch.randint(4, V, (3, 7), generator=g)
+    tgt[:, 0] = 2
+    return src, tgt
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_forward_shape(overrides: tuple[str, ...]) -> None:
+    src, tgt = batch()
+    assert make_model(*overrides)(src, tgt).shape == (3, 7, V)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_incremental_decoding_equals_full_recompute(overrides: tuple[str, ...]) -> None:
+    model = make_model(*overrides)
+    src, tgt = batch()
+    full = model(src, tgt)
+    memory, src_mask = model.encode(src)
+    cache = model.new_cache()
+    steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache) for i in range(tgt.size(1))]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_mask_hides_the_future() -> None:
+    model = make_model()
+    src, tgt = batch()
+    changed = tgt.clone()
+    changed[:, 4:] = 5
+    a, b = model(src, tgt), model(src, changed)
+    torch.testing.assert_close(a[:, :4], b[:, :4])
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+@pytest.mark.parametrize("overrides", VARIANTS[:2])
+def test_padding_does_not_change_outputs(overrides: tuple[str, ...]) -> None:
+    model = make_model(*overrides)
+    src, tgt = batch()
+    alone = model(src[1:2, :6], tgt[1:2])
+    padded_src = torch.cat([src[1:2, :6], torch.zeros(1, 10, dtype=torch.long)], dim=1)
+    padded_tgt = torch.cat([tgt[1:2], torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(padded_src, padded_tgt)[:, :7], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(src, tgt)[1:2], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_goes_through_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("is_causal", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    src, tgt = batch()
+    make_model()(src, tgt)
+    # tiny: 2 encoder layers (self) + 2 decoder layers (causal self + cross)
+    assert len(calls) == 6 and calls.count(True) == 2
+
+
+def test_shared_embeddings_are_one_tensor() -> None:
+    model = make_model()
+    assert model.src_embed.tokens.weight is model.tgt_embed.tokens.weight
+    assert model.output is None
+    separate = make_model("model.share_embeddings=false", "tokenizer.joint=false")
+    assert separate.src_embed.tokens.weight is not separate.tgt_embed.tokens.weight
+
+
+def test_sinusoidal_layout() -> None:
+    table = sinusoidal_table(10, 8)
+    assert torch.all(table[0, :4] == 0) and torch.all(table[0, 4:] == 1)  # sin(0), cos(0)
+    torch.testing.assert_close(table[3, 1], torch.tensor(torch.sin(torch.tensor(3.0 / 10000 ** (2 / 8))).item()))
+
+
+def test_position_limit_is_an_error() -> None:
+    model = make_model("model.max_positions=8", "data.max_tokens_per_side=4")
+    with pytest.raises(ValueError, match="max_positions"):
+        model(torch.ones(1, 9, dtype=torch.long) * 5, torch.ones(1, 3, dtype=torch.long))
