@@ -67,11 +67,12 @@ def translate(
     output: Annotated[Optional[Path], typer.Option(help="Where to write translations (default: stdout); written atomically.")] = None,
     beam: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy); default: the model's decode.beam.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    nbest: Annotated[int, typer.Option(help="Hypotheses per line; above 1 prints 'INDEX ||| TEXT ||| SCORE' lines.")] = 1,
 ) -> None:
     """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
     from nmt.pipeline import translate_file
 
-    _run(lambda: translate_file(model, input, output, beam, device))
+    _run(lambda: translate_file(model, input, output, beam, device, nbest))
 
 
 @app.command("eval")

@@ -14,7 +14,7 @@ import yaml
 from tqdm import tqdm
 
 from nmt import checkpoint
-from nmt.config import Config, DecodeConfig, from_dict, save_config, to_dict
+from nmt.config import Config, DecodeConfig, from_dict, save_config, to_dict, validate
 from nmt.data import read_corpus, read_lines, require_pairs, tokenize_corpus
 from nmt.decode import translate_ids
 from nmt.errors import CheckpointError, ConfigError, NMTError
@@ -60,18 +60,23 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
                               f"{new[section][changed[0]]!r}; use a new --run-dir or keep the stored value")
 
 
-def _translate_texts(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
-                     device: torch.device, show_progress: bool = False) -> list[str]:
-    """Translate detokenized lines; empty (or all-space) lines map to empty output lines."""
+def _translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
+                     device: torch.device, show_progress: bool = False) -> list[list[tuple[str, float]]]:
+    """(text, score) hypotheses per line, best first; empty (or all-space) lines give one empty hypothesis."""
     todo = [i for i, line in enumerate(lines) if line.strip()]
     ids = tokenizer.encode_src([lines[i].strip() for i in todo])
     with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_progress, mininterval=1.0) as bar:
         hyps = translate_ids(model, ids, decode, device, progress=bar.update)
-    texts = tokenizer.decode_tgt([h[0].tokens for h in hyps])
-    out = [""] * len(lines)
-    for index, text in zip(todo, texts):
-        out[index] = text
+    out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
+    for index, found in zip(todo, hyps):
+        out[index] = list(zip(tokenizer.decode_tgt([h.tokens for h in found]), (h.score for h in found)))
     return out
+
+
+def _translate_texts(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
+                     device: torch.device, show_progress: bool = False) -> list[str]:
+    """The best translation of each line; empty lines map to empty lines."""
+    return [found[0][0] for found in _translate_nbest(model, tokenizer, lines, decode, device, show_progress)]
 
 
 def train(config: Config, run_dir: Path) -> dict:
@@ -138,12 +143,21 @@ class Translator:
         checkpoint.load_weights(model, checkpoint.inference_weights(model_dir))
         return cls(model.to(torch_device).eval(), tokenizer, config, torch_device)
 
+    def _settings(self, beam: Optional[int], decode: dict) -> DecodeConfig:
+        settings = replace(self.config.decode, **({"beam": beam} if beam is not None else {}), **decode)
+        validate(replace(self.config, decode=settings))
+        return settings
+
     def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False, **decode) -> list[str]:
         """Translate lines; `beam` and other DecodeConfig fields override the model's stored decode settings."""
-        settings = replace(self.config.decode, **({"beam": beam} if beam is not None else {}), **decode)
-        if settings.beam < 1:
-            raise ConfigError(f"beam must be >= 1, got {settings.beam}")
+        settings = self._settings(beam, decode)
         return _translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress)
+
+    def translate_nbest(self, lines: Sequence[str], nbest: int, beam: Optional[int] = None,
+                        show_progress: bool = False, **decode) -> list[list[tuple[str, float]]]:
+        """The `nbest` best (text, score) pairs per line; score is log-probability / length**length_penalty."""
+        settings = self._settings(beam, {**decode, "nbest": nbest})
+        return _translate_nbest(self.model, self.tokenizer, lines, settings, self.device, show_progress)
 
 
 def write_lines_atomic(lines: Sequence[str], output: Path) -> None:
@@ -164,13 +178,23 @@ def _read_input(input_path: Optional[Path], stdin: TextIO) -> list[str]:
 
 
 def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Optional[Path], beam: Optional[int],
-                   device: str = "auto", stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None) -> int:
-    """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the line count."""
+                   device: str = "auto", nbest: int = 1, stdin: Optional[TextIO] = None,
+                   stdout: Optional[TextIO] = None) -> int:
+    """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the line count.
+
+    With nbest > 1 each input line gives `nbest` lines "INDEX ||| TRANSLATION ||| SCORE" (index from 0).
+    """
     if beam is not None and beam < 1:
         raise ConfigError(f"--beam must be >= 1, got {beam}")
+    if nbest < 1 or (beam is not None and nbest > beam):
+        raise ConfigError(f"--nbest must be between 1 and the beam size, got {nbest}")
     translator = Translator.load(model_dir, device)
     lines = _read_input(input_path, stdin or sys.stdin)
-    out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100)
+    if nbest == 1:
+        out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100)
+    else:
+        found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=len(lines) > 100)
+        out = [f"{i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(found) for text, score in hyps]
     if output_path is None:
         stdout = stdout or sys.stdout
         stdout.writelines(line + "\n" for line in out)

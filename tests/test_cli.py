@@ -59,6 +59,16 @@ def test_translate_stdin_keeps_lines_and_empties(trained: Path) -> None:
     assert out[0] == toy_translate("ka lu mi")
 
 
+def test_translate_nbest(trained: Path) -> None:
+    result = invoke("translate", "--model", trained, "--beam", "4", "--nbest", "3", input="ka lu\nze\n")
+    assert result.exit_code == 0, result.output
+    rows = [line.split(" ||| ") for line in result.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["0", "0", "0", "1", "1", "1"]
+    scores = [float(r[2]) for r in rows[:3]]
+    assert scores == sorted(scores, reverse=True) and rows[0][1] == toy_translate("ka lu")
+    assert_error(invoke("translate", "--model", trained, "--beam", "2", "--nbest", "3", input="ka\n"), "--nbest")
+
+
 def test_translate_files_and_eval_hyp(trained: Path, toy_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "hyp.yy"
     result = invoke("translate", "--model", trained, "--input", toy_corpus / "test.xx", "--output", out, "--beam", "3")
