@@ -98,7 +98,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         """Restore weights, optimizer, scheduler, progress and RNG states from a step directory."""
-        checkpoint.load_weights(self.model, path / checkpoint.WEIGHTS)
+        checkpoint.load_checkpoint_weights(self.model, path)
         state = checkpoint.load_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -258,8 +258,7 @@ class Trainer:
             record["valid_bleu"] = bleu
             if bleu > p.best_bleu:
                 p.best_bleu, p.bad_validations = bleu, 0
-                checkpoint.save_weights(self.model, checkpoint.checkpoint_dir(self.run_dir) / checkpoint.BEST,
-                                        metadata={"step": str(p.step), "valid_bleu": f"{bleu:.2f}"})
+                checkpoint.save_best(self.run_dir, p.step, self.model, {"valid_bleu": f"{bleu:.2f}"})
             else:
                 p.bad_validations += 1
         self._log(record)
