@@ -26,8 +26,14 @@ from nmt.train import Trainer, ValidSet
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
-# Sections a resumed run may not change: the weights on disk were built from them.
-FIXED_ON_RESUME = ("model", "tokenizer")
+# Keys a resumed run may change: bounds, bookkeeping, where it runs, how it decodes. Any other
+# difference from the stored config means another experiment, which belongs in another run dir.
+SAFE_ON_RESUME = {
+    "data": {"valid", "valid_split", "cache_dir"},
+    "train": {"max_steps", "max_epochs", "max_minutes", "valid_every", "valid_bleu_sentences", "patience",
+              "save_every", "keep_last", "log_every", "device", "threads"},
+    "decode": {"beam", "length_penalty", "max_len_a", "max_len_b", "max_tokens", "nbest"},
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,17 +53,21 @@ def build_model(config: Config, tokenizer: Tokenizer) -> Transformer:
 
 
 def _check_resume_config(run_dir: Path, config: Config) -> None:
+    """Refuse to resume a run whose stored config differs in a key that is not safe to change."""
     stored_path = run_dir / CONFIG_FILE
     if not stored_path.is_file():
-        return
-    stored = to_dict(from_dict(yaml.safe_load(stored_path.read_text(encoding="utf-8"))))
+        raise CheckpointError(f"{stored_path}: missing, but {run_dir} holds checkpoints; restore it or use a new --run-dir")
+    try:
+        stored = to_dict(from_dict(yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}))
+    except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{stored_path}: unreadable ({str(exc).splitlines()[0]})") from None
     new = to_dict(config)
-    for section in FIXED_ON_RESUME:
-        changed = [k for k in new[section] if new[section][k] != stored[section].get(k)]
-        if changed:
-            key = f"{section}.{changed[0]}"
-            raise ConfigError(f"{run_dir} holds a run with {key}={stored[section].get(changed[0])!r}, not "
-                              f"{new[section][changed[0]]!r}; use a new --run-dir or keep the stored value")
+    for section, values in new.items():
+        for key, value in values.items():
+            if value != stored[section][key] and key not in SAFE_ON_RESUME.get(section, set()):
+                raise ConfigError(f"{run_dir} holds a run with {section}.{key}={stored[section][key]!r}, not {value!r}; "
+                                  f"resuming may change only bounds, logging, device and decode keys "
+                                  f"(e.g. train.max_steps); use a new --run-dir for a different experiment")
 
 
 def _translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
@@ -140,7 +150,7 @@ class Translator:
         tokenizer = load_tokenizer(model_dir)
         torch_device = resolve_device(device)
         model = build_model(config, tokenizer)
-        checkpoint.load_weights(model, checkpoint.inference_weights(model_dir))
+        checkpoint.load_checkpoint_weights(model, checkpoint.inference_checkpoint(model_dir))
         return cls(model.to(torch_device).eval(), tokenizer, config, torch_device)
 
     def _settings(self, beam: Optional[int], decode: dict) -> DecodeConfig:
