@@ -40,7 +40,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show deb
     """nmt: train, run and score transformer translation models."""
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)  # force: rebind to the current stderr on every call
     for noisy in ("datasets", "filelock", "fsspec", "urllib3", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
