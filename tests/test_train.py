@@ -114,11 +114,11 @@ def test_pickle_payload_is_refused(tmp_path: Path) -> None:
 
 def test_weights_from_another_vocabulary_are_refused(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "train.max_steps=1")
-    checkpoint.save_weights(trainer.model, tmp_path / "w.safetensors")
+    best = checkpoint.save_best(tmp_path, 1, trainer.model, {})
     config = load_config(None, ["model.preset=tiny"])
     other = Transformer(config.model, 99, 99)
     with pytest.raises(CheckpointError, match="do not match"):
-        checkpoint.load_weights(other, tmp_path / "w.safetensors")
+        checkpoint.load_checkpoint_weights(other, best)
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="unreadable checkpoint|do not match"):
         checkpoint.load_weights(trainer.model, tmp_path / "broken.safetensors")
