@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from nmt import checkpoint
 from nmt.config import TrainConfig
 from nmt.data import TokenizedCorpus, collate, make_batches
+from nmt.errors import TrainingError
 from nmt.model import Transformer
 from nmt.tokenizer import PAD_ID
 
@@ -59,6 +61,8 @@ class Progress:
     best_bleu: float = -1.0
     bad_validations: int = 0
     train_seconds: float = 0.0  # training time over all invocations of the run
+    budget_scale: float = 1.0  # lowered after an out-of-memory error; scales train.max_tokens from the next epoch
+    nonfinite: int = 0  # updates in a row skipped for a non-finite loss or gradient
 
 
 @dataclass
@@ -89,8 +93,7 @@ class Trainer:
         p = self.progress
         return {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "progress": {"step": p.step, "epoch": p.epoch, "batch_index": p.batch_index, "best_bleu": p.best_bleu,
-                         "bad_validations": p.bad_validations, "train_seconds": p.train_seconds},
+            "progress": dataclasses.asdict(p),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python_rng": json.dumps(random.getstate()),
@@ -119,7 +122,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def _epoch_batches(self) -> list[list[int]]:
-        return make_batches(self.src_lengths, self.tgt_lengths, self.config.max_tokens, self.config.seed, self.progress.epoch)
+        budget = int(self.config.max_tokens * self.progress.budget_scale)
+        return make_batches(self.src_lengths, self.tgt_lengths, budget, self.config.seed, self.progress.epoch)
 
     def _next_group(self, batches: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
         """The next `accum_steps` batches, moving into the next epoch when one runs out."""
@@ -133,12 +137,31 @@ class Trainer:
             self.progress.batch_index += 1
         return group, batches
 
-    def _update(self, group: list[list[int]]) -> tuple[float, float, int, int]:
-        """One optimizer update over the batches of `group`; returns loss, nll, target and all tokens."""
+    def _update(self, group: list[list[int]]) -> Optional[tuple[float, float, int, int]]:
+        """One optimizer update over the batches of `group`: loss, nll, target and all tokens.
+
+        Returns None when the update was skipped: its loss or gradient was not finite, or even
+        single sentences ran out of memory.
+        """
         self.model.train()
         inputs = [collate([self.corpus.src[i] for i in b], [self.corpus.tgt[i] for i in b]) for b in group]
         n_target = sum(int((x["tgt_out"] != PAD_ID).sum()) for x in inputs)
         n_tokens = n_target + sum(int((x["src"] != PAD_ID).sum()) for x in inputs)
+        try:
+            total_loss, total_nll = self._accumulate(inputs, n_target)
+        except torch.OutOfMemoryError:
+            return self._after_out_of_memory(group)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm or math.inf)
+        if not (math.isfinite(total_loss) and math.isfinite(float(norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss / n_target, total_nll / n_target, n_target, n_tokens
+
+    def _accumulate(self, inputs: list[dict[str, torch.Tensor]], n_target: int) -> tuple[float, float]:
+        """Forward and backward over each batch; gradients sum to those of the loss per target token."""
         total_loss = total_nll = 0.0
         for x in inputs:
             x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
@@ -148,12 +171,25 @@ class Trainer:
             (loss / n_target).backward()
             total_loss += float(loss.detach())
             total_nll += float(nll)
-        if self.config.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        return total_loss, total_nll
+
+    def _after_out_of_memory(self, group: list[list[int]]) -> Optional[tuple[float, float, int, int]]:
+        """Retry the update with every batch split in two, and lower the budget of later epochs."""
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss / n_target, total_nll / n_target, n_target, n_tokens
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.progress.budget_scale *= 0.8
+        halves = [half for b in group for half in (b[: len(b) // 2], b[len(b) // 2:]) if half]
+        event = {"step": self.progress.step, "event": "out_of_memory", "batch_sentences": [len(b) for b in group],
+                 "budget_scale": self.progress.budget_scale}
+        if len(halves) == len(group):  # single sentences: nothing left to split
+            self._log({**event, "action": "skipped"})
+            log.warning("out of memory on single sentences at step %d; update skipped", self.progress.step)
+            return None
+        self._log({**event, "action": "split"})
+        log.warning("out of memory at step %d; retrying with the batch split in two, token budget now x%.2f",
+                    self.progress.step, self.progress.budget_scale)
+        return self._update(halves)
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -184,7 +220,13 @@ class Trainer:
         reason = self._stop_reason(started)
         while reason is None:
             group, batches = self._next_group(batches)
-            loss, nll, n_target, n_tokens = self._update(group)
+            result = self._update(group)
+            if result is None:
+                self._skipped_update()
+                reason = self._stop_reason(started)
+                continue
+            p.nonfinite = 0
+            loss, nll, n_target, n_tokens = result
             p.step += 1
             for key, value in (("loss", loss * n_target), ("nll", nll * n_target), ("target", n_target), ("tokens", n_tokens)):
                 window[key] += value
@@ -206,6 +248,18 @@ class Trainer:
         self._log({"step": p.step, "event": "stop", "reason": reason})
         log.info("stopped at step %d: %s", p.step, reason)
         return reason
+
+    def _skipped_update(self) -> None:
+        """Count a skipped update; too many in a row stop the run with the last checkpoint untouched."""
+        p = self.progress
+        p.nonfinite += 1
+        self._log({"step": p.step, "event": "update_skipped", "in_a_row": p.nonfinite})
+        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", p.step, p.nonfinite)
+        if p.nonfinite >= self.config.max_nonfinite:
+            latest = checkpoint.latest_checkpoint(self.run_dir)
+            kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written"
+            raise TrainingError(f"the loss or gradient was not finite for {p.nonfinite} updates in a row at step {p.step}; "
+                                f"{kept}. Lower train.lr, raise train.warmup_steps or check the data")
 
     def _checkpoint(self, started: float) -> None:
         self.progress.train_seconds = self._seconds_before + time.monotonic() - started
