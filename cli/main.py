@@ -57,7 +57,8 @@ def train(
     from nmt.pipeline import train as train_run
 
     summary = _run(lambda: train_run(load_config(config, set_ or []), run_dir))
-    typer.echo(json.dumps(summary))
+    if summary.pop("rank", 0) == 0:  # under torchrun, one summary for the whole run
+        typer.echo(json.dumps(summary))
 
 
 @app.command()

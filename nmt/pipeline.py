@@ -13,9 +13,9 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from nmt import checkpoint
+from nmt import checkpoint, distributed
 from nmt.config import Config, DecodeConfig, from_dict, save_config, to_dict, validate
-from nmt.data import read_corpus, read_lines, require_pairs, tokenize_corpus
+from nmt.data import TokenizedCorpus, read_corpus, read_lines, require_pairs, tokenize_corpus
 from nmt.decode import translate_ids
 from nmt.errors import CheckpointError, ConfigError, NMTError
 from nmt.evaluate import bleu, score
@@ -89,30 +89,50 @@ def _translate_texts(model: Transformer, tokenizer: Tokenizer, lines: Sequence[s
     return [found[0][0] for found in _translate_nbest(model, tokenizer, lines, decode, device, show_progress)]
 
 
+def _prepare_data(config: Config, run_dir: Path, resuming: bool) -> tuple[Tokenizer, TokenizedCorpus, list[str], list[str]]:
+    """Read the corpora, prepare the tokenizer and the tokenized training data; returns the validation texts too."""
+    d = config.data
+    src, tgt = read_corpus(d.train, d.src_lang, d.tgt_lang, d.train_split, d.hub_config)
+    valid_src, valid_tgt = (read_corpus(d.valid, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)
+                            if d.valid else ([], []))
+    require_pairs(src, tgt, d.train)
+    # Under torchrun, rank 0 trains the tokenizer and fills the cache; the other ranks then load both.
+    tokenizer = prepare_tokenizer(config.tokenizer, run_dir, [s.strip() for s in src], [t.strip() for t in tgt],
+                                  config.train.seed, reuse=resuming or not distributed.is_main())
+    corpus = tokenize_corpus(src, tgt, tokenizer, d, d.train)
+    log.info("training corpus %s: %s", d.train, corpus.stats.summary())
+    return tokenizer, corpus, valid_src, valid_tgt
+
+
 def train(config: Config, run_dir: Path) -> dict:
-    """Train (or resume) the run in `run_dir` and return a summary."""
+    """Train (or resume) the run in `run_dir` and return a summary; works unchanged under torchrun."""
     if not config.data.train:
         raise ConfigError("data.train is empty: name a corpus (file prefix, .tsv, .jsonl, dataset dir or hub:NAME)")
-    device = resolve_device(config.train.device)
+    device = distributed.setup(resolve_device(config.train.device))
+    try:
+        return _train(config, run_dir, device)
+    finally:
+        distributed.teardown()
+
+
+def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
         _check_resume_config(run_dir, config)
-    d = config.data
-    src, tgt = read_corpus(d.train, d.src_lang, d.tgt_lang, d.train_split, d.hub_config)
-    valid_src, valid_tgt = (read_corpus(d.valid, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)
-                            if d.valid else ([], []))
-    require_pairs(src, tgt, d.train)
-    tokenizer = prepare_tokenizer(config.tokenizer, run_dir, [s.strip() for s in src], [t.strip() for t in tgt],
-                                  config.train.seed, reuse=latest is not None)
-    corpus = tokenize_corpus(src, tgt, tokenizer, d, d.train)
-    log.info("training corpus %s: %s", d.train, corpus.stats.summary())
-    save_config(config, run_dir / CONFIG_FILE)
+    if not distributed.is_main():
+        distributed.barrier()
+    tokenizer, corpus, valid_src, valid_tgt = _prepare_data(config, run_dir, latest is not None)
+    if distributed.is_main():
+        save_config(config, run_dir / CONFIG_FILE)
+        distributed.barrier()
     torch.manual_seed(config.train.seed)
     model = build_model(config, tokenizer)
     log.info("model: %s parameters", f"{count_parameters(model):,}")
+    if distributed.world_size() > 1:
+        torch.manual_seed(config.train.seed + distributed.rank())  # same initial weights, different dropout masks
     valid, bleu_fn = None, None
     if valid_src:
         pairs = [(s.strip(), t.strip()) for s, t in zip(valid_src, valid_tgt) if s.strip() and t.strip()]
@@ -128,7 +148,7 @@ def train(config: Config, run_dir: Path) -> dict:
     reason = trainer.train()
     p = trainer.progress
     return {"run_dir": str(run_dir), "step": p.step, "epoch": p.epoch, "best_valid_bleu": p.best_bleu,
-            "train_minutes": round(p.train_seconds / 60, 2), "stopped": reason}
+            "train_minutes": round(p.train_seconds / 60, 2), "stopped": reason, "rank": distributed.rank()}
 
 
 class Translator:
