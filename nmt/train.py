@@ -32,14 +32,16 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
     """Summed label-smoothed cross-entropy and summed NLL over non-padding targets.
 
     logits (B, T, V), target (B, T). Smoothing spreads `smoothing` of the mass uniformly over the
-    vocabulary (Szegedy et al., 2016), as in the transformer paper.
+    vocabulary (Szegedy et al., 2016), as in the transformer paper. One log-softmax serves both
+    sums: the (B*T, V) log-probabilities are the largest tensor of a step, so they are made once.
     """
-    logits = logits.reshape(-1, logits.size(-1)).float()
+    log_probs = torch.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)
     target = target.reshape(-1)
-    loss = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=smoothing, reduction="sum")
-    with torch.no_grad():
-        nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
-    return loss, nll
+    nll = F.nll_loss(log_probs, target, ignore_index=PAD_ID, reduction="sum")
+    if smoothing == 0:
+        return nll, nll.detach()
+    uniform = -(log_probs.sum(-1) * (target != PAD_ID)).sum() / log_probs.size(-1)
+    return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
 
 
 def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
@@ -219,8 +221,9 @@ class Trainer:
         return self._update(halves)
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        precision = self.config.precision
+        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def _stop_reason(self, started: float) -> Optional[str]:
