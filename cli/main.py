@@ -40,7 +40,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show deb
     """nmt: train, run and score transformer translation models."""
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)  # force: rebind to the current stderr on every call
     for noisy in ("datasets", "filelock", "fsspec", "urllib3", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -57,7 +57,8 @@ def train(
     from nmt.pipeline import train as train_run
 
     summary = _run(lambda: train_run(load_config(config, set_ or []), run_dir))
-    typer.echo(json.dumps(summary))
+    if summary.pop("rank", 0) == 0:  # under torchrun, one summary for the whole run
+        typer.echo(json.dumps(summary))
 
 
 @app.command()

@@ -1,15 +1,18 @@
-"""Checkpoints on disk: safetensors weights plus a weights-only trainer state, written atomically.
+"""Checkpoints on disk: safetensors weights plus a weights-only trainer state, written atomically, checksummed.
 
 Layout inside a run directory:
-    checkpoints/step_00001000/model.safetensors, state.pt   one directory per saved step
-    checkpoints/latest                                     name of the newest complete step directory
-    checkpoints/best.safetensors                           weights with the best validation BLEU
-A step directory is written under a temporary name and renamed when complete, and `latest`
-is replaced atomically, so a crash at any moment leaves the previous checkpoint readable.
+    checkpoints/step_00001000/   model.safetensors, state.pt, sha256sums   one directory per saved step
+    checkpoints/best_00000800/   model.safetensors, sha256sums             weights with the best validation BLEU
+    checkpoints/latest, best     pointer files naming the current directories
+Each directory is written under a temporary name and renamed when complete, and a pointer is
+replaced atomically after it, so a crash or a full disk at any moment leaves the previous
+checkpoint readable. `sha256sums` lets a truncated or corrupted file be reported as such
+instead of failing somewhere deep inside torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -24,19 +27,111 @@ from nmt.model import Transformer
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
-BEST = "best.safetensors"
+CHECKSUMS = "sha256sums"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def save_weights(model: Transformer, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
-    """Write model weights as safetensors via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_dir(root: Path, name: str, model: Transformer, state: Optional[dict[str, Any]],
+               metadata: dict[str, str]) -> Path:
+    """Write weights (and state) plus checksums into root/name via a temporary directory."""
+    final, tmp = root / name, root / f"{name}.tmp"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_model(model, str(tmp / WEIGHTS), metadata=metadata)
+        files = [WEIGHTS]
+        if state is not None:
+            torch.save(state, tmp / STATE)
+            files.append(STATE)
+        (tmp / CHECKSUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = _pointed(root, "latest")
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not write checkpoint {final} ({exc}); {kept}. "
+                              "Free disk space and run the same command again to resume") from None
+    return final
+
+
+def _point(root: Path, pointer: str, target: Path) -> None:
+    tmp = root / f"{pointer}.tmp"
+    try:
+        tmp.write_text(target.name)
+        os.replace(tmp, root / pointer)
+    except OSError as exc:
+        raise CheckpointError(f"could not update {root / pointer} ({exc}); free disk space and run again") from None
+
+
+def _pointed(root: Path, pointer: str) -> Optional[Path]:
+    path = root / pointer
+    if not path.is_file():
+        return None
+    target = root / path.read_text().strip()
+    if not (target / CHECKSUMS).is_file():
+        raise CheckpointError(f"{path} names {target}, which is missing or incomplete; "
+                              f"remove {path} to start that part afresh")
+    return target
+
+
+def save_checkpoint(run_dir: Path, step: int, model: Transformer, state: dict[str, Any], keep_last: int) -> Path:
+    """Write a step directory with weights and trainer state, point `latest` at it, prune old ones."""
+    root = checkpoint_dir(run_dir)
+    final = _write_dir(root, f"step_{step:08d}", model, state, {"step": str(step)})
+    _point(root, "latest", final)
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in steps[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_best(run_dir: Path, step: int, model: Transformer, metadata: dict[str, str]) -> Path:
+    """Write the weights as the new best checkpoint and drop the previous best."""
+    root = checkpoint_dir(run_dir)
+    final = _write_dir(root, f"best_{step:08d}", model, None, {"step": str(step), **metadata})
+    _point(root, "best", final)
+    for old in root.glob("best_*"):
+        if old.is_dir() and old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest complete step directory, or None when the run has not saved one."""
+    return _pointed(checkpoint_dir(run_dir), "latest")
+
+
+def best_checkpoint(run_dir: Path) -> Optional[Path]:
+    return _pointed(checkpoint_dir(run_dir), "best")
+
+
+def verify(directory: Path) -> None:
+    """Compare every file of a checkpoint directory with its stored SHA-256."""
+    sums = directory / CHECKSUMS
+    if not sums.is_file():
+        raise CheckpointError(f"{directory}: no {CHECKSUMS}; the checkpoint is incomplete")
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"{path}: checksum mismatch, the file is truncated or corrupted; "
+                                  "restore it or use another checkpoint")
 
 
 def load_weights(model: Transformer, path: Path) -> None:
@@ -55,40 +150,14 @@ def load_weights(model: Transformer, path: Path) -> None:
         raise CheckpointError(f"{path}: weights do not match the configured architecture (differing tensors: {names})")
 
 
-def save_checkpoint(run_dir: Path, step: int, model: Transformer, state: dict[str, Any], keep_last: int) -> Path:
-    """Write step directory with weights and trainer state, point `latest` at it, prune old ones."""
-    root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = root / f"step_{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / WEIGHTS), metadata={"step": str(step)})
-    torch.save(state, tmp / STATE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    pointer = root / "latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The newest complete step directory, or None when the run has not saved one."""
-    pointer = checkpoint_dir(run_dir) / "latest"
-    if not pointer.is_file():
-        return None
-    path = checkpoint_dir(run_dir) / pointer.read_text().strip()
-    if not (path / WEIGHTS).is_file() or not (path / STATE).is_file():
-        raise CheckpointError(f"{pointer} names {path.name}, which is incomplete; remove {pointer} to restart the run")
-    return path
+def load_checkpoint_weights(model: Transformer, directory: Path) -> None:
+    """Verify a checkpoint directory's checksums, then load its weights."""
+    verify(directory)
+    load_weights(model, directory / WEIGHTS)
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Trainer state, loaded with weights_only=True so a crafted file cannot run code."""
+    """Trainer state of a step directory, loaded with weights_only=True so a crafted file cannot run code."""
     try:
         return torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
@@ -96,12 +165,9 @@ def load_state(path: Path) -> dict[str, Any]:
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def inference_weights(model_dir: Path) -> Path:
-    """The weights `translate` uses: the best checkpoint, else the latest, else a bare model.safetensors."""
-    for candidate in (checkpoint_dir(model_dir) / BEST, model_dir / WEIGHTS):
-        if candidate.is_file():
-            return candidate
-    latest = latest_checkpoint(model_dir)
-    if latest is None:
+def inference_checkpoint(model_dir: Path) -> Path:
+    """The checkpoint `translate` uses: the best one, else the latest."""
+    found = best_checkpoint(model_dir) or latest_checkpoint(model_dir)
+    if found is None:
         raise CheckpointError(f"{model_dir}: no checkpoint found (train one with `nmt train --run-dir {model_dir}`)")
-    return latest / WEIGHTS
+    return found

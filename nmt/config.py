@@ -87,7 +87,9 @@ class TrainConfig:
     save_every: int = 1000  # write a checkpoint every this many updates
     keep_last: int = 5  # step checkpoints kept on disk
     log_every: int = 100  # write training metrics every this many updates
+    max_nonfinite: int = 5  # stop after this many updates in a row with a non-finite loss or gradient
     device: str = "auto"  # auto, cpu or cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
 
 
@@ -241,7 +243,9 @@ def validate(config: Config) -> None:
         (t.max_steps > 0, f"train.max_steps must be > 0, got {t.max_steps}"),
         (t.valid_every > 0 and t.save_every > 0 and t.log_every > 0, "train.valid_every, save_every and log_every must be > 0"),
         (t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}"),
+        (t.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {t.max_nonfinite}"),
         (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
+        (t.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16, got {t.precision!r}"),
         (d.beam >= 1, f"decode.beam must be >= 1, got {d.beam}"),
         (1 <= d.nbest <= d.beam, f"decode.nbest must be between 1 and decode.beam ({d.beam}), got {d.nbest}"),
         (d.max_len_a >= 0 and d.max_len_b >= 1, "decode.max_len_a must be >= 0 and decode.max_len_b >= 1"),

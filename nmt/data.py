@@ -27,6 +27,8 @@ def read_lines(path: str | Path) -> list[str]:
     Raises DataError naming the file (and line, for invalid UTF-8) on any problem.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a text file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -34,16 +36,16 @@ def read_lines(path: str | Path) -> list[str]:
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+        raise DataError(f"{path}: cannot read ({exc}); check the file's permissions and format") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: invalid UTF-8 (byte offset {exc.start}); convert the file to UTF-8") from None
-    if text.endswith("\n"):
-        text = text[:-1]
     if not text:
         return []
+    if text.endswith("\n"):
+        text = text[:-1]  # a final newline ends the last line; it does not start another
     # Split on "\n" only: str.splitlines would also split on \x0b, \x1c, U+2028 ... and break alignment.
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 

@@ -17,3 +17,7 @@ class DataError(NMTError):
 
 class CheckpointError(NMTError):
     """A model directory or checkpoint is missing, corrupt, or does not match its tokenizer."""
+
+
+class TrainingError(NMTError):
+    """Training cannot go on (for example the loss stays non-finite); the last checkpoint is kept."""

@@ -13,9 +13,9 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from nmt import checkpoint
+from nmt import checkpoint, distributed
 from nmt.config import Config, DecodeConfig, from_dict, save_config, to_dict, validate
-from nmt.data import read_corpus, read_lines, require_pairs, tokenize_corpus
+from nmt.data import TokenizedCorpus, read_corpus, read_lines, require_pairs, tokenize_corpus
 from nmt.decode import translate_ids
 from nmt.errors import CheckpointError, ConfigError, NMTError
 from nmt.evaluate import bleu, score
@@ -26,8 +26,15 @@ from nmt.train import Trainer, ValidSet
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
-# Sections a resumed run may not change: the weights on disk were built from them.
-FIXED_ON_RESUME = ("model", "tokenizer")
+# Keys a resumed run may change: bounds, bookkeeping, where it runs, how it decodes. Any other
+# difference from the stored config means another experiment, which belongs in another run dir.
+SAFE_ON_RESUME = {
+    "data": {"valid", "valid_split", "cache_dir"},
+    "train": {"max_steps", "max_epochs", "max_minutes", "valid_every", "valid_bleu_sentences", "patience",
+              "save_every", "keep_last", "log_every", "device", "precision", "threads",
+              "max_nonfinite"},
+    "decode": {"beam", "length_penalty", "max_len_a", "max_len_b", "max_tokens", "nbest"},
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,17 +54,21 @@ def build_model(config: Config, tokenizer: Tokenizer) -> Transformer:
 
 
 def _check_resume_config(run_dir: Path, config: Config) -> None:
+    """Refuse to resume a run whose stored config differs in a key that is not safe to change."""
     stored_path = run_dir / CONFIG_FILE
     if not stored_path.is_file():
-        return
-    stored = to_dict(from_dict(yaml.safe_load(stored_path.read_text(encoding="utf-8"))))
+        raise CheckpointError(f"{stored_path}: missing, but {run_dir} holds checkpoints; restore it or use a new --run-dir")
+    try:
+        stored = to_dict(from_dict(yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}))
+    except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{stored_path}: unreadable ({str(exc).splitlines()[0]})") from None
     new = to_dict(config)
-    for section in FIXED_ON_RESUME:
-        changed = [k for k in new[section] if new[section][k] != stored[section].get(k)]
-        if changed:
-            key = f"{section}.{changed[0]}"
-            raise ConfigError(f"{run_dir} holds a run with {key}={stored[section].get(changed[0])!r}, not "
-                              f"{new[section][changed[0]]!r}; use a new --run-dir or keep the stored value")
+    for section, values in new.items():
+        for key, value in values.items():
+            if value != stored[section][key] and key not in SAFE_ON_RESUME.get(section, set()):
+                raise ConfigError(f"{run_dir} holds a run with {section}.{key}={stored[section][key]!r}, not {value!r}; "
+                                  f"resuming may change only bounds, logging, device and decode keys "
+                                  f"(e.g. train.max_steps); use a new --run-dir for a different experiment")
 
 
 def _translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
@@ -79,30 +90,50 @@ def _translate_texts(model: Transformer, tokenizer: Tokenizer, lines: Sequence[s
     return [found[0][0] for found in _translate_nbest(model, tokenizer, lines, decode, device, show_progress)]
 
 
+def _prepare_data(config: Config, run_dir: Path, resuming: bool) -> tuple[Tokenizer, TokenizedCorpus, list[str], list[str]]:
+    """Read the corpora, prepare the tokenizer and the tokenized training data; returns the validation texts too."""
+    d = config.data
+    src, tgt = read_corpus(d.train, d.src_lang, d.tgt_lang, d.train_split, d.hub_config)
+    valid_src, valid_tgt = (read_corpus(d.valid, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)
+                            if d.valid else ([], []))
+    require_pairs(src, tgt, d.train)
+    # Under torchrun, rank 0 trains the tokenizer and fills the cache; the other ranks then load both.
+    tokenizer = prepare_tokenizer(config.tokenizer, run_dir, [s.strip() for s in src], [t.strip() for t in tgt],
+                                  config.train.seed, reuse=resuming or not distributed.is_main())
+    corpus = tokenize_corpus(src, tgt, tokenizer, d, d.train)
+    log.info("training corpus %s: %s", d.train, corpus.stats.summary())
+    return tokenizer, corpus, valid_src, valid_tgt
+
+
 def train(config: Config, run_dir: Path) -> dict:
-    """Train (or resume) the run in `run_dir` and return a summary."""
+    """Train (or resume) the run in `run_dir` and return a summary; works unchanged under torchrun."""
     if not config.data.train:
         raise ConfigError("data.train is empty: name a corpus (file prefix, .tsv, .jsonl, dataset dir or hub:NAME)")
-    device = resolve_device(config.train.device)
+    device = distributed.setup(resolve_device(config.train.device))
+    try:
+        return _train(config, run_dir, device)
+    finally:
+        distributed.teardown()
+
+
+def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
         _check_resume_config(run_dir, config)
-    d = config.data
-    src, tgt = read_corpus(d.train, d.src_lang, d.tgt_lang, d.train_split, d.hub_config)
-    valid_src, valid_tgt = (read_corpus(d.valid, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)
-                            if d.valid else ([], []))
-    require_pairs(src, tgt, d.train)
-    tokenizer = prepare_tokenizer(config.tokenizer, run_dir, [s.strip() for s in src], [t.strip() for t in tgt],
-                                  config.train.seed, reuse=latest is not None)
-    corpus = tokenize_corpus(src, tgt, tokenizer, d, d.train)
-    log.info("training corpus %s: %s", d.train, corpus.stats.summary())
-    save_config(config, run_dir / CONFIG_FILE)
+    if not distributed.is_main():
+        distributed.barrier()
+    tokenizer, corpus, valid_src, valid_tgt = _prepare_data(config, run_dir, latest is not None)
+    if distributed.is_main():
+        save_config(config, run_dir / CONFIG_FILE)
+        distributed.barrier()
     torch.manual_seed(config.train.seed)
     model = build_model(config, tokenizer)
     log.info("model: %s parameters", f"{count_parameters(model):,}")
+    if distributed.world_size() > 1:
+        torch.manual_seed(config.train.seed + distributed.rank())  # same initial weights, different dropout masks
     valid, bleu_fn = None, None
     if valid_src:
         pairs = [(s.strip(), t.strip()) for s, t in zip(valid_src, valid_tgt) if s.strip() and t.strip()]
@@ -118,7 +149,7 @@ def train(config: Config, run_dir: Path) -> dict:
     reason = trainer.train()
     p = trainer.progress
     return {"run_dir": str(run_dir), "step": p.step, "epoch": p.epoch, "best_valid_bleu": p.best_bleu,
-            "train_minutes": round(p.train_seconds / 60, 2), "stopped": reason}
+            "train_minutes": round(p.train_seconds / 60, 2), "stopped": reason, "rank": distributed.rank()}
 
 
 class Translator:
@@ -140,7 +171,7 @@ class Translator:
         tokenizer = load_tokenizer(model_dir)
         torch_device = resolve_device(device)
         model = build_model(config, tokenizer)
-        checkpoint.load_weights(model, checkpoint.inference_weights(model_dir))
+        checkpoint.load_checkpoint_weights(model, checkpoint.inference_checkpoint(model_dir))
         return cls(model.to(torch_device).eval(), tokenizer, config, torch_device)
 
     def _settings(self, beam: Optional[int], decode: dict) -> DecodeConfig:

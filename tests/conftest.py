@@ -58,3 +58,21 @@ def toy_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, n, seed in (("train", 2000, 1), ("valid", 40, 2), ("test", 40, 3)):
         write_pair(root / name, *toy_pairs(n, seed))
     return root
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory with a real tokenizer and random tiny weights: fast to load and run."""
+    from nmt import checkpoint
+    from nmt.config import load_config, save_config
+    from nmt.pipeline import CONFIG_FILE, build_model
+    from nmt.tokenizer import prepare_tokenizer
+
+    model_dir = tmp_path_factory.mktemp("untrained")
+    config = load_config(None, [*TINY, "model.max_positions=48", "data.max_tokens_per_side=40", "decode.beam=2"])
+    src, tgt = toy_pairs(300, seed=5)
+    tokenizer = prepare_tokenizer(config.tokenizer, model_dir, src, tgt)
+    save_config(config, model_dir / CONFIG_FILE)
+    torch.manual_seed(0)
+    checkpoint.save_best(model_dir, 0, build_model(config, tokenizer), {})
+    return model_dir

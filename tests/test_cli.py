@@ -35,7 +35,7 @@ def trained(toy_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_writes_a_complete_run(trained: Path) -> None:
     assert (trained / "config.yaml").is_file() and (trained / "spm.model").is_file()
-    assert (trained / "checkpoints" / "best.safetensors").is_file()
+    assert (trained / "checkpoints" / "best").is_file() and (trained / "checkpoints" / "latest").is_file()
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert any("valid_bleu" in r for r in records)
     losses = [r["loss"] for r in records if "loss" in r]
@@ -155,3 +155,32 @@ def test_help_everywhere() -> None:
             if isinstance(param, click.Option) and param.name != "help":
                 assert param.help, f"nmt {' '.join(path)} {param.opts[0]} has no help text"
         assert invoke(*path, "--help").exit_code == 0
+
+
+def test_more_bad_inputs(trained: Path, untrained_model: Path, tmp_path: Path, toy_corpus: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        assert_error(invoke("translate", "--model", trained, "--device", "cuda", input="ka\n"), "no CUDA GPU", "--device cpu")
+    assert_error(invoke("translate", "--model", trained, "--input", tmp_path), "is a directory")
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    result = invoke("train", "--run-dir", run_dir, *sets(*TINY, f"data.train={toy_corpus / 'train'}", "train.lr=0.01"))
+    assert_error(result, "train.lr=0.003", "new --run-dir")
+
+
+def test_bom_crlf_and_long_lines(untrained_model: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes("\ufeffka lu\r\n".encode() + ("ze " * 300 + "\r\n").encode() + b"mi\r\n")
+    out = tmp_path / "out.txt"
+    result = invoke("translate", "--model", untrained_model, "--input", source, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text(encoding="utf-8").split("\n")) == 4  # three lines and the final newline
+    assert "1 input line(s) longer than 47 tokens were truncated" in result.stderr
+
+
+def test_nasty_unicode_through_the_cli(untrained_model: Path) -> None:
+    lines = ["\u202eשלום עולם", "emoji 🙂🚀", "ctrl \x00\x07\x1b[31m", "\x0b\x0c\u2028\u2029\x85 split?", "", "ka"]
+    result = invoke("translate", "--model", untrained_model, input="".join(l + "\n" for l in lines))
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.split("\n")) == len(lines) + 1

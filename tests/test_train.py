@@ -114,11 +114,60 @@ def test_pickle_payload_is_refused(tmp_path: Path) -> None:
 
 def test_weights_from_another_vocabulary_are_refused(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "train.max_steps=1")
-    checkpoint.save_weights(trainer.model, tmp_path / "w.safetensors")
+    best = checkpoint.save_best(tmp_path, 1, trainer.model, {})
     config = load_config(None, ["model.preset=tiny"])
     other = Transformer(config.model, 99, 99)
     with pytest.raises(CheckpointError, match="do not match"):
-        checkpoint.load_weights(other, tmp_path / "w.safetensors")
+        checkpoint.load_checkpoint_weights(other, best)
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match="unreadable checkpoint|do not match"):
         checkpoint.load_weights(trainer.model, tmp_path / "broken.safetensors")
+
+
+def test_non_finite_loss_skips_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from nmt import train as train_module
+    from nmt.errors import TrainingError
+
+    trainer = make_trainer(tmp_path, "train.max_steps=30", "train.save_every=4", "train.max_nonfinite=3")
+    real_loss = train_module.label_smoothed_loss
+    calls = {"n": 0}
+
+    def flaky(logits, target, smoothing):
+        calls["n"] += 1
+        loss, nll = real_loss(logits, target, smoothing)
+        if calls["n"] == 3 or calls["n"] >= 10:  # one isolated bad batch, then nothing but bad batches
+            return loss * float("nan"), nll
+        return loss, nll
+
+    monkeypatch.setattr(train_module, "label_smoothed_loss", flaky)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(TrainingError, match="not finite for 3 updates in a row.*step_00000008 is intact"):
+        trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if r.get("event") == "update_skipped"]
+    assert [r["in_a_row"] for r in skipped] == [1, 1, 2, 3]
+    assert trainer.progress.step == 8  # batch 3 and batches 10-12 were skipped, the other 8 applied
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    checkpoint.verify(checkpoint.latest_checkpoint(tmp_path))
+
+
+def test_out_of_memory_splits_the_batch(tmp_path: Path) -> None:
+    import json
+
+    trainer = make_trainer(tmp_path, "train.max_steps=3", "model.dropout=0.0")
+    real_forward = trainer.model.forward
+
+    def small_batches_only(src, tgt_in):
+        if src.size(0) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(src, tgt_in)
+
+    trainer.model.forward = small_batches_only
+    trainer.train()
+    assert trainer.progress.step == 3 and trainer.progress.budget_scale < 1.0
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "out_of_memory" and e["action"] == "split" for e in events)
+    assert checkpoint.load_state(checkpoint.latest_checkpoint(tmp_path))["progress"]["budget_scale"] < 1.0

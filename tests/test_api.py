@@ -1,0 +1,26 @@
+"""The Python API: `from nmt import Translator`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nmt import Translator
+from nmt.errors import CheckpointError, ConfigError
+
+
+def test_translator_api(untrained_model: Path) -> None:
+    translator = Translator.load(untrained_model, device="cpu")
+    out = translator.translate(["ka lu", "", "ze bo di"], beam=1)
+    assert len(out) == 3 and out[1] == "" and all(isinstance(t, str) for t in out)
+    assert translator.translate(["ka lu", "ze bo di"], beam=1) == [out[0], out[2]]
+    nbest = translator.translate_nbest(["ka lu"], nbest=2, beam=2)
+    assert len(nbest[0]) == 2 and nbest[0][0][1] >= nbest[0][1][1]
+    with pytest.raises(ConfigError, match="decode.beam must be >= 1"):
+        translator.translate(["ka"], beam=0)
+
+
+def test_translator_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="config.yaml"):
+        Translator.load(tmp_path)

@@ -1,0 +1,136 @@
+"""Faults: SIGKILL during training, a full disk while saving, Ctrl-C while translating, corrupted files."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY
+from nmt import Translator, checkpoint
+from nmt.errors import CheckpointError
+from test_train import make_trainer
+
+STEPS = 60
+
+
+def train_command(run_dir: Path, corpus: Path) -> list[str]:
+    sets = [*TINY, f"data.train={corpus / 'train'}", f"train.max_steps={STEPS}", "train.save_every=4",
+            "train.keep_last=3", "train.log_every=5"]
+    return [sys.executable, "-m", "nmt_cli.main", "train", "--run-dir", str(run_dir),
+            *[x for s in sets for x in ("--set", s)]]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    latest = checkpoint.latest_checkpoint(run_dir)
+    assert latest is not None and latest.name == f"step_{STEPS:08d}"
+    return load_file(str(latest / checkpoint.WEIGHTS))
+
+
+def assert_all_checkpoints_readable(run_dir: Path) -> None:
+    root = checkpoint.checkpoint_dir(run_dir)
+    for directory in root.glob("step_*"):
+        if not directory.name.endswith(".tmp"):
+            checkpoint.verify(directory)
+            checkpoint.load_state(directory)
+    if (root / "latest").exists():
+        checkpoint.verify(checkpoint.latest_checkpoint(run_dir))
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_result(toy_corpus: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "NMT_CACHE": str(tmp_path / "cache")}
+    straight = tmp_path / "straight"
+    subprocess.run(train_command(straight, toy_corpus), env=env, check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(3):
+        process = subprocess.Popen(train_command(killed, toy_corpus), env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        start = time.monotonic()
+        while not (checkpoint.checkpoint_dir(killed) / "latest").exists() and time.monotonic() - start < 120:
+            time.sleep(0.05)  # the first kill lands after a checkpoint exists, at a random moment after it
+        time.sleep(rng.uniform(0.0, 1.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=60)
+        assert_all_checkpoints_readable(killed)
+    assert kills >= 2
+    subprocess.run(train_command(killed, toy_corpus), env=env, check=True, capture_output=True, timeout=300)
+    expected, found = final_weights(straight), final_weights(killed)
+    assert expected.keys() == found.keys()
+    for name in expected:
+        assert torch.equal(expected[name], found[name]), name
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = make_trainer(tmp_path, "train.max_steps=9", "train.save_every=3")
+    real_save = torch.save
+    calls = []
+
+    def failing_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            real_save(obj, path, *args, **kwargs)
+            Path(path).write_bytes(Path(path).read_bytes()[:100])  # half-written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(CheckpointError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "No space left on device" in message and "previous checkpoint step_00000003 is intact" in message
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest.name == "step_00000003"
+    checkpoint.verify(latest)
+    assert checkpoint.load_state(latest)["progress"]["step"] == 3
+    assert not list(checkpoint.checkpoint_dir(tmp_path).glob("*.tmp"))
+
+
+def test_corrupted_checkpoint_is_reported_by_checksum(untrained_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(untrained_model, model_dir)
+    weights = checkpoint.inference_checkpoint(model_dir) / checkpoint.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped bit pattern inside a tensor: safetensors alone would not notice
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch, the file is truncated or corrupted"):
+        Translator.load(model_dir, device="cpu")
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        Translator.load(model_dir, device="cpu")
+
+
+def test_ctrl_c_leaves_no_partial_output(untrained_model: Path, tmp_path: Path) -> None:
+    source = tmp_path / "big.txt"
+    source.write_text("ka lu mi no pe ri su to\n" * 30000)
+    output, log = tmp_path / "out.txt", tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "nmt_cli.main", "translate", "--model", str(untrained_model),
+                                    "--input", str(source), "--output", str(output), "--device", "cpu"],
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        start = time.monotonic()
+        while "translate:" not in log.read_text() and time.monotonic() - start < 120:
+            time.sleep(0.1)  # interrupt once translation is under way
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    messages = log.read_text()
+    if process.returncode == 0:  # it finished first: then the file must be complete
+        assert len(output.read_text().splitlines()) == 30000
+    else:
+        assert process.returncode == 130 and "interrupted" in messages and "Traceback" not in messages
+        assert not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p != output) == ["big.txt", "stderr.txt"]
