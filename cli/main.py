@@ -108,6 +108,25 @@ def evaluate(
     typer.echo(json.dumps(scores) if json_ else format_scores(scores))
 
 
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
+    output: Annotated[Path, typer.Option(help="New directory for the exported model.")],
+    format: Annotated[str, typer.Option(help="Export format: hf (a Hugging Face transformers MarianMT directory).")] = "hf",
+) -> None:
+    """Export a model for other toolkits; `hf` needs `pip install 'nmt[export]'`."""
+    from nmt.errors import NMTError
+
+    def job() -> Path:
+        if format != "hf":
+            raise NMTError(f"--format {format!r}: the only format is hf")
+        from nmt.export import export_hf
+
+        return export_hf(model, output)
+
+    typer.echo(str(_run(job)))
+
+
 @tokenizer_app.command("train")
 def tokenizer_train(
     corpus: Annotated[str, typer.Option(help="Parallel corpus: file prefix (PREFIX.SRC/.TGT), .tsv, .jsonl, dataset dir or hub:NAME.")],

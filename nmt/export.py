@@ -1,0 +1,111 @@
+"""Export a trained model to a Hugging Face transformers directory (MarianMT for post-norm models).
+
+Needs the optional `transformers` package (`pip install nmt[export]`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from nmt.errors import NMTError
+from nmt.model import sinusoidal_table
+from nmt.pipeline import Translator
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+# nmt name -> MarianMT name, per encoder / decoder layer.
+ENCODER_LAYER = {"self_attn": "self_attn", "attn_block.norm": "self_attn_layer_norm", "ff.fc1": "fc1",
+                 "ff.fc2": "fc2", "ff_block.norm": "final_layer_norm"}
+DECODER_LAYER = {"self_attn": "self_attn", "self_block.norm": "self_attn_layer_norm", "cross_attn": "encoder_attn",
+                 "cross_block.norm": "encoder_attn_layer_norm", "ff.fc1": "fc1", "ff.fc2": "fc2",
+                 "ff_block.norm": "final_layer_norm"}
+
+
+def _unsupported(translator: Translator) -> str | None:
+    m = translator.config.model
+    if m.norm_first:
+        return ("pre-norm models (model.norm_first: true) have no exact Hugging Face counterpart here; "
+                "train with model.norm_first: false to export to MarianMT")
+    if m.positions != "sinusoidal":
+        return "learned positions (model.positions: learned) do not map onto MarianMT's sinusoidal table"
+    if not m.share_embeddings or not translator.tokenizer.joint:
+        return "only joint vocabularies with shared embeddings (model.share_embeddings: true) export to MarianMT"
+    return None
+
+
+def _rename(name: str) -> str:
+    """Map one nmt parameter name to its MarianMT name."""
+    if name.startswith(("src_embed.tokens.", "tgt_embed.tokens.")):
+        return "model.shared.weight"
+    stack, index, rest = name.split(".", 2)
+    table = ENCODER_LAYER if stack == "encoder" else DECODER_LAYER
+    for ours, theirs in table.items():
+        if rest.startswith(ours + "."):
+            return f"model.{stack}.layers.{index}.{theirs}{rest[len(ours):]}"
+    raise KeyError(name)
+
+
+def marian_config(translator: Translator):
+    from transformers import MarianConfig
+
+    m, vocab = translator.config.model, translator.tokenizer.tgt_vocab_size
+    return MarianConfig(
+        vocab_size=vocab, decoder_vocab_size=vocab, d_model=m.d_model, encoder_layers=m.n_encoder_layers,
+        decoder_layers=m.n_decoder_layers, encoder_attention_heads=m.n_heads, decoder_attention_heads=m.n_heads,
+        encoder_ffn_dim=m.d_ff, decoder_ffn_dim=m.d_ff, activation_function=m.activation, dropout=m.dropout,
+        attention_dropout=m.attention_dropout, activation_dropout=m.activation_dropout,
+        max_position_embeddings=m.max_positions, scale_embedding=True, share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True, pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
+        decoder_start_token_id=BOS_ID, forced_eos_token_id=EOS_ID,
+        num_beams=translator.config.decode.beam, max_length=m.max_positions)
+
+
+def export_hf(model_dir: Path, output: Path) -> Path:
+    """Write `output` so that `AutoModelForSeq2SeqLM.from_pretrained(output)` computes what our model computes."""
+    try:
+        from transformers import MarianMTModel
+    except ImportError:
+        raise NMTError("export needs transformers: pip install 'nmt[export]'") from None
+    translator = Translator.load(model_dir, device="cpu")
+    problem = _unsupported(translator)
+    if problem:
+        raise NMTError(f"cannot export {model_dir}: {problem}")
+    if output.exists() and any(output.iterdir()):
+        raise NMTError(f"{output} exists and is not empty; choose another --output")
+    hf = MarianMTModel(marian_config(translator))
+    weights = {_rename(name): tensor for name, tensor in translator.model.state_dict().items() if "table" not in name}
+    table = sinusoidal_table(translator.config.model.max_positions, translator.config.model.d_model)
+    weights["model.encoder.embed_positions.weight"] = weights["model.decoder.embed_positions.weight"] = table
+    weights["final_logits_bias"] = torch.zeros_like(hf.final_logits_bias)
+    missing, unexpected = hf.load_state_dict(weights, strict=False)
+    untied = [k for k in missing if not k.endswith("embed_tokens.weight") and k != "lm_head.weight"]
+    if untied or unexpected:
+        raise NMTError(f"export mapping is incomplete: missing {untied[:3]}, unexpected {unexpected[:3]}")
+    tmp = output.with_name(output.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf.tie_weights()
+    hf.save_pretrained(tmp)
+    _write_tokenizer(translator, tmp)
+    if output.exists():
+        output.rmdir()
+    tmp.rename(output)
+    return output
+
+
+def _write_tokenizer(translator: Translator, directory: Path) -> None:
+    """MarianTokenizer files: the SentencePiece model as source and target, and the id of every piece."""
+    model_file = translator.tokenizer.files[0]
+    for name in ("source.spm", "target.spm"):
+        shutil.copyfile(model_file, directory / name)
+    processor = translator.tokenizer.tgt
+    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    d = translator.config.data
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "MarianTokenizer", "source_lang": d.src_lang, "target_lang": d.tgt_lang,
+        "model_max_length": translator.config.model.max_positions - 1, "separate_vocabs": False,
+        "pad_token": processor.id_to_piece(PAD_ID), "unk_token": processor.id_to_piece(UNK_ID),
+        "eos_token": processor.id_to_piece(EOS_ID)}, indent=2), encoding="utf-8")

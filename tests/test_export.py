@@ -1,0 +1,102 @@
+"""Export to Hugging Face MarianMT: the exported model computes the same log-probabilities and greedy outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, toy_pairs
+from nmt import Translator, checkpoint
+from nmt.config import load_config, save_config
+from nmt.decode import greedy_search
+from nmt.errors import NMTError
+from nmt.pipeline import CONFIG_FILE, build_model
+from nmt.tokenizer import EOS_ID, PAD_ID, prepare_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+
+def make_model_dir(root: Path, *overrides: str) -> Path:
+    config = load_config(None, [*TINY, "model.max_positions=64", "data.max_tokens_per_side=60", *overrides])
+    tokenizer = prepare_tokenizer(config.tokenizer, root, *toy_pairs(300, seed=5))
+    save_config(config, root / CONFIG_FILE)
+    torch.manual_seed(0)
+    model = build_model(config, tokenizer)
+    with torch.no_grad():  # non-zero biases and norms, so a mis-mapped tensor cannot hide
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.normal_(std=0.1).add_(1.0 if name.endswith("norm.weight") else 0.0)
+    checkpoint.save_best(root, 0, model, {})
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from nmt.export import export_hf
+
+    model_dir = make_model_dir(tmp_path_factory.mktemp("postnorm"), "model.norm_first=false", "model.activation=gelu")
+    return model_dir, export_hf(model_dir, tmp_path_factory.mktemp("hf") / "out")
+
+
+def batch(translator: Translator) -> tuple[torch.Tensor, torch.Tensor]:
+    srcs = translator.tokenizer.encode_src(["ka lu mi", "ze", "bo di no pe ri su"])
+    longest = max(len(s) for s in srcs) + 1
+    src = torch.tensor([s + [EOS_ID] + [PAD_ID] * (longest - len(s) - 1) for s in srcs])
+    tgt = torch.randint(4, translator.tokenizer.tgt_vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
+    tgt[:, 0] = 2
+    return src, tgt
+
+
+def test_log_probs_match(exported: tuple[Path, Path]) -> None:
+    model_dir, out = exported
+    ours = Translator.load(model_dir, device="cpu")
+    theirs = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    src, tgt = batch(ours)
+    with torch.no_grad():
+        expected = torch.log_softmax(ours.model(src, tgt), -1)
+        found = torch.log_softmax(theirs(input_ids=src, attention_mask=src != PAD_ID, decoder_input_ids=tgt).logits, -1)
+    assert (expected - found).abs().max().item() < 1e-4
+
+
+def test_greedy_outputs_match(exported: tuple[Path, Path]) -> None:
+    model_dir, out = exported
+    ours = Translator.load(model_dir, device="cpu")
+    theirs = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    src, _ = batch(ours)
+    limit = 12
+    mine = [h[0].tokens for h in greedy_search(ours.model, src, torch.full((3,), limit))]
+    generated = theirs.generate(input_ids=src, attention_mask=src != PAD_ID, num_beams=1, do_sample=False,
+                                max_new_tokens=limit, suppress_tokens=[PAD_ID, 2])  # EOS forced at the limit, as ours
+    hf = [[t for t in row[1:] if t not in (PAD_ID, EOS_ID)] for row in generated.tolist()]
+    assert hf == mine
+
+
+def test_tokenizer_files_load(exported: tuple[Path, Path]) -> None:
+    _, out = exported
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("ka lu mi")["input_ids"]
+    assert ids[-1] == EOS_ID and tokenizer.decode(ids, skip_special_tokens=True) == "ka lu mi"
+
+
+def test_export_cli(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nmt_cli.main import app
+
+    model_dir, _ = exported
+    result = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--output", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "source.spm").is_file()
+    again = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--output", str(tmp_path / "hf")])
+    assert again.exit_code == 1 and "not empty" in again.stderr
+
+
+def test_pre_norm_is_refused(tmp_path: Path) -> None:
+    from nmt.export import export_hf
+
+    model_dir = make_model_dir(tmp_path / "prenorm")
+    with pytest.raises(NMTError, match="pre-norm"):
+        export_hf(model_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
