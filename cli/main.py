@@ -69,11 +69,12 @@ def translate(
     beam: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy); default: the model's decode.beam.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     nbest: Annotated[int, typer.Option(help="Hypotheses per line; above 1 prints 'INDEX ||| TEXT ||| SCORE' lines.")] = 1,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 quantization of linear layers (CPU).")] = None,
 ) -> None:
     """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
     from nmt.pipeline import translate_file
 
-    _run(lambda: translate_file(model, input, output, beam, device, nbest))
+    _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize))
 
 
 @app.command("eval")
@@ -85,6 +86,7 @@ def evaluate(
     beam: Annotated[Optional[int], typer.Option(help="Beam size with --model; default: the model's decode.beam.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (with --model).")] = "auto",
     output: Annotated[Optional[Path], typer.Option(help="Also write the translations here (with --model).")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 quantization (with --model, CPU).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object with scores and signatures.")] = False,
 ) -> None:
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures).
@@ -102,7 +104,7 @@ def evaluate(
             raise NMTError(f"--beam must be >= 1, got {beam}")
         if hyp is not None:
             return evaluate_files(hyp, ref)
-        return evaluate_model(model, src, ref, beam, device, output)
+        return evaluate_model(model, src, ref, beam, device, output, quantize)
 
     scores = _run(job)
     typer.echo(json.dumps(scores) if json_ else format_scores(scores))

@@ -159,7 +159,8 @@ class Translator:
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "auto") -> "Translator":
+    def load(cls, model_dir: str | Path, device: str = "auto", quantize: Optional[str] = None) -> "Translator":
+        """Load a run directory; quantize="int8" applies dynamic int8 quantization to the linear layers (CPU)."""
         model_dir = Path(model_dir)
         config_path = model_dir / CONFIG_FILE
         if not config_path.is_file():
@@ -172,7 +173,12 @@ class Translator:
         torch_device = resolve_device(device)
         model = build_model(config, tokenizer)
         checkpoint.load_checkpoint_weights(model, checkpoint.inference_checkpoint(model_dir))
-        return cls(model.to(torch_device).eval(), tokenizer, config, torch_device)
+        model = model.to(torch_device).eval()
+        if quantize is not None:
+            if quantize != "int8" or torch_device.type != "cpu":
+                raise ConfigError(f"--quantize {quantize!r}: only int8 on --device cpu is supported")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return cls(model, tokenizer, config, torch_device)
 
     def _settings(self, beam: Optional[int], decode: dict) -> DecodeConfig:
         settings = replace(self.config.decode, **({"beam": beam} if beam is not None else {}), **decode)
@@ -210,7 +216,7 @@ def _read_input(input_path: Optional[Path], stdin: TextIO) -> list[str]:
 
 def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Optional[Path], beam: Optional[int],
                    device: str = "auto", nbest: int = 1, stdin: Optional[TextIO] = None,
-                   stdout: Optional[TextIO] = None) -> int:
+                   stdout: Optional[TextIO] = None, quantize: Optional[str] = None) -> int:
     """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the line count.
 
     With nbest > 1 each input line gives `nbest` lines "INDEX ||| TRANSLATION ||| SCORE" (index from 0).
@@ -219,7 +225,7 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
         raise ConfigError(f"--beam must be >= 1, got {beam}")
     if nbest < 1 or (beam is not None and nbest > beam):
         raise ConfigError(f"--nbest must be between 1 and the beam size, got {nbest}")
-    translator = Translator.load(model_dir, device)
+    translator = Translator.load(model_dir, device, quantize)
     lines = _read_input(input_path, stdin or sys.stdin)
     if nbest == 1:
         out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100)
@@ -241,12 +247,12 @@ def evaluate_files(hyp_path: Path, ref_path: Path) -> dict:
 
 
 def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path, beam: Optional[int] = None,
-                   device: str = "auto", output_path: Optional[Path] = None) -> dict:
+                   device: str = "auto", output_path: Optional[Path] = None, quantize: Optional[str] = None) -> dict:
     """Translate `src_path` with the model and score it against `ref_path`."""
     src, refs = read_lines(src_path), read_lines(ref_path)
     if len(src) != len(refs):
         raise NMTError(f"{src_path} has {len(src)} lines but {ref_path} has {len(refs)}; they must be line-aligned")
-    translator = Translator.load(model_dir, device)
+    translator = Translator.load(model_dir, device, quantize)
     hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100)
     if output_path is not None:
         write_lines_atomic(hyps, output_path)

@@ -24,3 +24,14 @@ def test_translator_api(untrained_model: Path) -> None:
 def test_translator_load_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="config.yaml"):
         Translator.load(tmp_path)
+
+
+def test_int8_quantized_translator(untrained_model: Path) -> None:
+    full = Translator.load(untrained_model, device="cpu")
+    small = Translator.load(untrained_model, device="cpu", quantize="int8")
+    lines = ["ka lu mi", "ze bo"]
+    out = small.translate(lines, beam=2)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    assert sum(p.numel() for p in small.model.parameters()) < sum(p.numel() for p in full.model.parameters())
+    with pytest.raises(ConfigError, match="only int8"):
+        Translator.load(untrained_model, device="cpu", quantize="int4")

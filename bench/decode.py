@@ -1,0 +1,151 @@
+"""Decoding speed on identical weights: nmt against Hugging Face `generate` and CTranslate2.
+
+Exports the model to a MarianMT directory, converts that for CTranslate2 (when installed), then
+decodes the same sentences with beam 5 by every engine, in alternating rounds, and reports
+sentences/s, target tokens/s, process peak memory after each engine, and sacreBLEU.
+
+    python bench/decode.py --model RUN_DIR --src test.en --ref test.de --device cpu --json bench/decode_cpu.json
+
+Needs `pip install 'nmt[export]'` (transformers) and, for the CTranslate2 rows, `pip install ctranslate2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nmt import Translator
+from nmt.data import read_lines
+from nmt.evaluate import bleu
+from nmt.export import export_hf
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int, batch_size: int,
+              bf16: bool) -> Callable[[list[str]], list[str]]:
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(out, attn_implementation="sdpa").to(device).eval()
+    if bf16:
+        model = model.to(torch.bfloat16)
+    d, tok = translator.config.decode, translator.tokenizer
+
+    @torch.no_grad()
+    def run(lines: list[str]) -> list[str]:
+        limit = translator.config.model.max_positions - 1  # as nmt does: truncate, keep room for EOS
+        ids = [s[:limit] for s in tok.encode_src(lines)]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out: list[str] = [""] * len(ids)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            longest = max(len(ids[i]) for i in chunk) + 1
+            src = torch.tensor([ids[i] + [EOS_ID] + [PAD_ID] * (longest - len(ids[i]) - 1) for i in chunk], device=device)
+            generated = model.generate(input_ids=src, attention_mask=src != PAD_ID, num_beams=beam, do_sample=False,
+                                       early_stopping=True, length_penalty=d.length_penalty,
+                                       max_new_tokens=min(int(d.max_len_a * (longest - 1)) + d.max_len_b, limit),
+                                       suppress_tokens=[PAD_ID, BOS_ID])
+            rows = [[t for t in row if t not in (PAD_ID, BOS_ID, EOS_ID)] for row in generated.tolist()]
+            for index, text in zip(chunk, tok.decode_tgt(rows)):
+                out[index] = text
+        return out
+    return run
+
+
+def ct2_engine(out: Path, work: Path, translator: Translator, compute_type: str, beam: int, batch_size: int,
+               threads: int) -> Callable[[list[str]], list[str]]:
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    target = work / f"ct2-{compute_type}"
+    if not target.exists():
+        TransformersConverter(str(out)).convert(str(target), quantization=compute_type if compute_type != "float32" else None)
+    engine = ctranslate2.Translator(str(target), device="cpu", compute_type=compute_type, intra_threads=threads)
+    d, tok = translator.config.decode, translator.tokenizer
+
+    def run(lines: list[str]) -> list[str]:
+        pieces = [tok.src.encode(line, out_type=str) + ["</s>"] for line in lines]
+        results = engine.translate_batch(pieces, beam_size=beam, max_batch_size=batch_size, length_penalty=d.length_penalty,
+                                         max_decoding_length=int(d.max_len_a * max(len(p) for p in pieces)) + d.max_len_b)
+        return [tok.tgt.decode_pieces([p for p in r.hypotheses[0] if p != "</s>"]) for r in results]
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="run directory of a post-norm model")
+    parser.add_argument("--src", type=Path, required=True, help="source sentences (test_2016_flickr)")
+    parser.add_argument("--ref", type=Path, required=True, help="references for BLEU")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to decode")
+    parser.add_argument("--beam", type=int, default=5, help="beam size for every engine")
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch for HF and CTranslate2")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the whole set")
+    parser.add_argument("--limit", type=int, default=1000, help="sentences used")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    src, refs = read_lines(args.src)[: args.limit], read_lines(args.ref)[: args.limit]
+    work = Path(tempfile.mkdtemp(prefix="nmt-decode-"))
+    out = export_hf(args.model, work / "hf")
+    ours = Translator.load(args.model, device=args.device)
+    engines: dict[str, Callable[[list[str]], list[str]]] = {"nmt_fp32": lambda x: ours.translate(x, beam=args.beam)}
+    if device.type == "cpu":
+        small = Translator.load(args.model, device="cpu", quantize="int8")
+        engines["nmt_int8"] = lambda x: small.translate(x, beam=args.beam)
+    engines["hf_fp32"] = hf_engine(out, ours, device, args.beam, args.batch_size, bf16=False)
+    if device.type == "cuda":
+        engines["hf_bf16"] = hf_engine(out, ours, device, args.beam, args.batch_size, bf16=True)
+    skipped = {}
+    try:
+        for compute_type in ("float32", "int8"):
+            if device.type == "cpu":
+                engines[f"ct2_{compute_type.replace('float', 'fp')}"] = ct2_engine(
+                    out, work, ours, compute_type, args.beam, args.batch_size, torch.get_num_threads())
+    except ImportError:
+        skipped["ct2"] = "ctranslate2 not installed"
+    except ValueError as exc:  # the converter's own checks, e.g. its Marian vocabulary conventions
+        skipped["ct2"] = f"conversion failed: {exc}"
+    for name, why in skipped.items():
+        print(f"{name} rows left out: {why}", file=sys.stderr)
+
+    seconds = {name: 0.0 for name in engines}
+    outputs: dict[str, list[str]] = {}
+    peak_rss = {}
+    for _ in range(args.rounds):
+        for name, run in engines.items():
+            start = time.perf_counter()
+            outputs[name] = run(src)
+            seconds[name] += time.perf_counter() - start
+            peak_rss[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result: dict = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"
+        else torch.cuda.get_device_name(),
+        "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "beam": args.beam, "sentences": len(src),
+        "rounds": args.rounds, "command": " ".join(sys.argv), "engines": {}, "skipped": skipped,
+    }
+    for name in engines:
+        per_round = seconds[name] / args.rounds
+        target_tokens = sum(len(ids) + 1 for ids in ours.tokenizer.encode_tgt(outputs[name]))
+        result["engines"][name] = {"sentences_per_s": round(len(src) / per_round, 1),
+                                   "target_tokens_per_s": round(target_tokens / per_round),
+                                   "process_peak_rss_mib_after": peak_rss[name], "bleu": round(bleu(outputs[name], refs), 2)}
+    rows = result["engines"]
+    result["ratio_nmt_over_hf"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["hf_fp32"]["sentences_per_s"], 2)
+    if "ct2_fp32" in rows:
+        result["ratio_nmt_over_ct2_fp32"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["ct2_fp32"]["sentences_per_s"], 2)
+    result["bleu_gap_nmt_minus_hf"] = round(rows["nmt_fp32"]["bleu"] - rows["hf_fp32"]["bleu"], 2)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
