@@ -75,7 +75,8 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
     """Batched beam search: `beam` hypotheses per sentence, each step one decoder call for all of them.
 
     A candidate ending in EOS that ranks within the top `beam` is finished; a sentence is done
-    once it has `beam` finished hypotheses. Returns the `nbest` best per sentence, best first.
+    once it has `beam` finished hypotheses, and its rows leave the batch, so each step costs only
+    what the sentences still searching need. Returns the `nbest` best per sentence, best first.
     """
     B, K = src.size(0), beam
     memory, src_mask = model.encode(src)
@@ -86,41 +87,46 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
     scores = torch.full((B, K), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start identical; keep one so candidates are not duplicated
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=src.device)
-    offsets = torch.arange(B, device=src.device)[:, None] * K
+    alive = torch.arange(B, device=src.device)  # input index of each sentence still searched
     for step in range(int(max_lens.max())):
+        n = alive.numel()
         log_probs = _step_log_probs(model, tokens[:, -1:], memory, src_mask, cache, step, limits)
         V = log_probs.size(-1)
-        candidates = (scores.view(-1, 1) + log_probs).view(B, K * V)
-        top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K), best first
-        top_beam, top_token = top_index // V, top_index % V
+        top_scores, top_index = (scores.view(-1, 1) + log_probs).view(n, K * V).topk(min(2 * K, K * V), dim=1)
+        top_beam, top_token = top_index // V, top_index % V  # (n, 2K), best first
         is_eos = top_token == EOS_ID
-        _finish(finished, tokens, offsets, top_scores, top_beam, is_eos, done, K, step + 1, length_penalty)
-        done |= torch.tensor([len(f) >= K for f in finished], device=src.device)
-        if done.all():
+        offsets = torch.arange(n, device=src.device)[:, None] * K
+        _finish(finished, alive, tokens, offsets + top_beam, top_scores, is_eos, K, step + 1, length_penalty)
+        searching = torch.tensor([len(finished[i]) < K for i in alive.tolist()], device=src.device)
+        if not searching.any():
             break
         # The best K candidates that do not end here continue (at most K of 2K can end in EOS).
-        keep_scores, keep_pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=1)
-        rows = (offsets + top_beam.gather(1, keep_pos)).view(-1)
-        tokens = torch.cat([tokens[rows], top_token.gather(1, keep_pos).view(-1, 1)], dim=1)
-        cache = reorder_cache(cache, rows, memory_too=False)
-        scores = keep_scores.masked_fill(done[:, None], float("-inf"))
+        scores, keep_pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=1)
+        rows, next_tokens = offsets + top_beam.gather(1, keep_pos), top_token.gather(1, keep_pos)  # (n, K)
+        shrink = not bool(searching.all())
+        if shrink:
+            rows, next_tokens, scores, alive = rows[searching], next_tokens[searching], scores[searching], alive[searching]
+        rows = rows.view(-1)
+        tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)
+        # Rows only move within a sentence, whose memory rows are equal; copy memory only when shrinking.
+        cache = reorder_cache(cache, rows, memory_too=shrink)
+        if shrink:
+            memory, src_mask, limits = memory[rows], src_mask[rows], limits[rows]
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 
 
-def _finish(finished: list[list[Hypothesis]], tokens: torch.Tensor, offsets: torch.Tensor,
-            top_scores: torch.Tensor, top_beam: torch.Tensor, is_eos: torch.Tensor, done: torch.Tensor,
-            K: int, length: int, length_penalty: float) -> None:
-    """Record EOS candidates ranked within the top K of sentences not yet done."""
-    ending = is_eos[:, :K] & torch.isfinite(top_scores[:, :K]) & ~done[:, None]
+def _finish(finished: list[list[Hypothesis]], alive: torch.Tensor, tokens: torch.Tensor, top_rows: torch.Tensor,
+            top_scores: torch.Tensor, is_eos: torch.Tensor, K: int, length: int, length_penalty: float) -> None:
+    """Record the EOS candidates ranked within the top K; `top_rows` (n, 2K) are their rows in `tokens`."""
+    ending = is_eos[:, :K] & torch.isfinite(top_scores[:, :K])
     if not ending.any():
         return
     for b, j in ending.nonzero().tolist():
-        if len(finished[b]) >= K:
-            continue
-        row = int(offsets[b, 0] + top_beam[b, j])
-        log_prob = float(top_scores[b, j])
-        finished[b].append(Hypothesis(tokens[row, 1:].tolist(), log_prob / length ** length_penalty, log_prob))
+        sentence = finished[int(alive[b])]
+        if len(sentence) < K:
+            log_prob = float(top_scores[b, j])
+            sentence.append(Hypothesis(tokens[int(top_rows[b, j]), 1:].tolist(), log_prob / length ** length_penalty,
+                                       log_prob))
 
 
 def output_limits(src_lengths: torch.Tensor, config: DecodeConfig, max_positions: int) -> torch.Tensor:
