@@ -111,6 +111,17 @@ def evaluate(
 
 
 @app.command()
+def average(
+    model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
+    last: Annotated[int, typer.Option(help="Average the weights of this many most recent step checkpoints.")] = 5,
+) -> None:
+    """Average the last N checkpoints; translate and eval then use the average."""
+    from nmt.checkpoint import average_checkpoints
+
+    typer.echo(str(_run(lambda: average_checkpoints(model, last))))
+
+
+@app.command()
 def export(
     model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
     output: Annotated[Path, typer.Option(help="New directory for the exported model.")],

@@ -3,7 +3,8 @@
 Layout inside a run directory:
     checkpoints/step_00001000/   model.safetensors, state.pt, sha256sums   one directory per saved step
     checkpoints/best_00000800/   model.safetensors, sha256sums             weights with the best validation BLEU
-    checkpoints/latest, best     pointer files naming the current directories
+    checkpoints/average_last5/   model.safetensors, sha256sums             written by `nmt average`
+    checkpoints/latest, best, average   pointer files naming the current directories
 Each directory is written under a temporary name and renamed when complete, and a pointer is
 replaced atomically after it, so a crash or a full disk at any moment leaves the previous
 checkpoint readable. `sha256sums` lets a truncated or corrupted file be reported as such
@@ -20,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nmt.errors import CheckpointError
 from nmt.model import Transformer
@@ -42,15 +43,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_dir(root: Path, name: str, model: Transformer, state: Optional[dict[str, Any]],
+def _write_dir(root: Path, name: str, model: Transformer | dict[str, torch.Tensor], state: Optional[dict[str, Any]],
                metadata: dict[str, str]) -> Path:
-    """Write weights (and state) plus checksums into root/name via a temporary directory."""
+    """Write weights (a model or a state dict) and state plus checksums into root/name via a temporary directory."""
     final, tmp = root / name, root / f"{name}.tmp"
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS), metadata=metadata)
+        if isinstance(model, dict):
+            save_file(model, str(tmp / WEIGHTS), metadata=metadata)
+        else:
+            save_model(model, str(tmp / WEIGHTS), metadata=metadata)
         files = [WEIGHTS]
         if state is not None:
             torch.save(state, tmp / STATE)
@@ -110,6 +114,35 @@ def save_best(run_dir: Path, step: int, model: Transformer, metadata: dict[str, 
     return final
 
 
+def average_checkpoints(run_dir: Path, last: int) -> Path:
+    """Average the weights of the last `last` step checkpoints into checkpoints/average_lastN.
+
+    Translate and eval then use the average (until training runs again in this run dir).
+    """
+    root = checkpoint_dir(run_dir)
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    if last < 1 or len(steps) < last:
+        raise CheckpointError(f"{root} holds {len(steps)} step checkpoints, cannot average the last {last} "
+                              "(train with a larger train.keep_last)")
+    chosen = steps[-last:]
+    total: dict[str, torch.Tensor] = {}
+    for directory in chosen:
+        verify(directory)
+        for name, tensor in load_file(str(directory / WEIGHTS)).items():
+            total[name] = total.get(name, 0) + tensor.double()
+    reference = load_file(str(chosen[-1] / WEIGHTS))
+    averaged = {name: (t / last).to(reference[name].dtype) for name, t in total.items()}
+    final = _write_dir(root, f"average_last{last}", averaged, None,
+                       {"averaged": ",".join(d.name for d in chosen)})
+    _point(root, "average", final)
+    return final
+
+
+def forget_average(run_dir: Path) -> None:
+    """Training changes the run, so an earlier average no longer stands for it."""
+    (checkpoint_dir(run_dir) / "average").unlink(missing_ok=True)
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The newest complete step directory, or None when the run has not saved one."""
     return _pointed(checkpoint_dir(run_dir), "latest")
@@ -166,8 +199,9 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def inference_checkpoint(model_dir: Path) -> Path:
-    """The checkpoint `translate` uses: the best one, else the latest."""
-    found = best_checkpoint(model_dir) or latest_checkpoint(model_dir)
+    """The checkpoint `translate` uses: an average made by `nmt average`, else the best one, else the latest."""
+    root = checkpoint_dir(model_dir)
+    found = _pointed(root, "average") or best_checkpoint(model_dir) or latest_checkpoint(model_dir)
     if found is None:
         raise CheckpointError(f"{model_dir}: no checkpoint found (train one with `nmt train --run-dir {model_dir}`)")
     return found

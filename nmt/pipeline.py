@@ -125,6 +125,8 @@ def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
         _check_resume_config(run_dir, config)
     if not distributed.is_main():
         distributed.barrier()
+    else:
+        checkpoint.forget_average(run_dir)
     tokenizer, corpus, valid_src, valid_tgt = _prepare_data(config, run_dir, latest is not None)
     if distributed.is_main():
         save_config(config, run_dir / CONFIG_FILE)

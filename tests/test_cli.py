@@ -184,3 +184,15 @@ def test_nasty_unicode_through_the_cli(untrained_model: Path) -> None:
     result = invoke("translate", "--model", untrained_model, input="".join(l + "\n" for l in lines))
     assert result.exit_code == 0, result.output
     assert len(result.stdout.split("\n")) == len(lines) + 1
+
+
+def test_average_command(trained: Path, tmp_path: Path, toy_corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    result = invoke("average", "--model", run_dir, "--last", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("average_last3")
+    scores = json.loads(invoke("eval", "--model", run_dir, "--src", toy_corpus / "test.xx", "--ref", toy_corpus / "test.yy",
+                               "--json").stdout)
+    assert scores["bleu"] > 75
+    assert_error(invoke("average", "--model", run_dir, "--last", "50"), "cannot average the last 50")

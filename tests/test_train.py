@@ -171,3 +171,21 @@ def test_out_of_memory_splits_the_batch(tmp_path: Path) -> None:
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "out_of_memory" and e["action"] == "split" for e in events)
     assert checkpoint.load_state(checkpoint.latest_checkpoint(tmp_path))["progress"]["budget_scale"] < 1.0
+
+
+def test_average_of_the_last_checkpoints(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    trainer = make_trainer(tmp_path, "train.max_steps=9", "train.keep_last=3")
+    trainer.train()
+    steps = sorted(checkpoint.checkpoint_dir(tmp_path).glob("step_*"))
+    averaged = checkpoint.average_checkpoints(tmp_path, 2)
+    found = load_file(str(averaged / checkpoint.WEIGHTS))
+    a, b = (load_file(str(d / checkpoint.WEIGHTS)) for d in steps[-2:])
+    for name in a:
+        torch.testing.assert_close(found[name], (a[name] + b[name]) / 2)
+    assert checkpoint.inference_checkpoint(tmp_path) == averaged
+    checkpoint.forget_average(tmp_path)
+    assert checkpoint.inference_checkpoint(tmp_path) != averaged
+    with pytest.raises(CheckpointError, match="holds 3 step checkpoints, cannot average the last 4"):
+        checkpoint.average_checkpoints(tmp_path, 4)
