@@ -122,6 +122,54 @@ def average(
 
 
 @app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `nmt train`.")],
+    output: Annotated[Path, typer.Option(help="PNG file for the curves.")] = Path("curves.png"),
+) -> None:
+    """Plot training/validation loss, validation BLEU and learning rate from metrics.jsonl."""
+    from nmt.visualize import plot_curves
+
+    typer.echo(str(_run(lambda: plot_curves(run_dir, output))))
+
+
+@app.command()
+def attention(
+    model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
+    src: Annotated[str, typer.Option(help="The source sentence to translate and show.")],
+    output: Annotated[Optional[Path], typer.Option(help="Where to write the map (default: stdout for json).")] = None,
+    format: Annotated[str, typer.Option(help="png (a heatmap, needs matplotlib) or json (the raw weights).")] = "png",
+    layer: Annotated[Optional[int], typer.Option(help="Only this decoder layer (1-based); default: every layer.")] = None,
+    beam: Annotated[Optional[int], typer.Option(help="Beam size for the translation; default: the model's.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Show the cross-attention alignment between a sentence and its translation."""
+    from nmt.errors import NMTError
+
+    def job() -> str:
+        from nmt.pipeline import Translator, write_lines_atomic
+        from nmt.visualize import alignment, plot_alignment
+
+        if format not in ("png", "json"):
+            raise NMTError(f"--format {format!r}: choose png or json")
+        translator = Translator.load(model, device)
+        if layer is not None and not 1 <= layer <= translator.config.model.n_decoder_layers:
+            raise NMTError(f"--layer {layer}: the model has decoder layers 1 to {translator.config.model.n_decoder_layers}")
+        data = alignment(translator, src, beam)
+        if layer is not None:
+            data["layers"] = [data["layers"][layer - 1]]
+        if format == "json":
+            if output is None:
+                return json.dumps(data)
+            write_lines_atomic([json.dumps(data)], output)
+            return str(output)
+        if output is None:
+            raise NMTError("--format png needs --output FILE")
+        return str(plot_alignment(data, output))
+
+    typer.echo(_run(job))
+
+
+@app.command()
 def export(
     model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
     output: Annotated[Path, typer.Option(help="New directory for the exported model.")],

@@ -36,6 +36,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
+        self.recorded: Optional[list[torch.Tensor]] = None  # set to a list to collect attention weights
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -55,6 +56,11 @@ class MultiHeadAttention(nn.Module):
         q = self._split(self.q_proj(x))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                              dropout_p=self.dropout if self.training else 0.0)
+        if self.recorded is not None:
+            # The weights themselves, from the same kernel: attending over identity "values" returns them.
+            S = k.size(2)
+            eye = torch.eye(S, dtype=q.dtype, device=q.device).expand(B, self.n_heads, S, S)
+            self.recorded.append(F.scaled_dot_product_attention(q, k, eye, attn_mask=mask, is_causal=causal))  # (B, H, L, S)
         return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
 
 
@@ -203,6 +209,19 @@ class Transformer(nn.Module):
         x = self.decoder_norm(x)
         weight = self.tgt_embed.tokens.weight if self.output is None else self.output.weight
         return F.linear(x, weight)  # (B, T, V)
+
+    @torch.no_grad()
+    def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> list[torch.Tensor]:
+        """Cross-attention weights of every decoder layer, each (B, H, T, S), for a teacher-forced target."""
+        layers = [layer.cross_attn for layer in self.decoder]
+        for attention in layers:
+            attention.recorded = []
+        try:
+            self(src, tgt_in)
+            return [attention.recorded[0] for attention in layers]
+        finally:
+            for attention in layers:
+                attention.recorded = None
 
     def new_cache(self) -> Cache:
         return [{} for _ in self.decoder]

@@ -196,3 +196,21 @@ def test_average_command(trained: Path, tmp_path: Path, toy_corpus: Path) -> Non
                                "--json").stdout)
     assert scores["bleu"] > 75
     assert_error(invoke("average", "--model", run_dir, "--last", "50"), "cannot average the last 50")
+
+
+def test_pictures(trained: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    curves = tmp_path / "curves.png"
+    result = invoke("plot", trained, "--output", curves)
+    assert result.exit_code == 0, result.output
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    raw = invoke("attention", "--model", trained, "--src", "ka lu mi", "--format", "json", "--beam", "1")
+    assert raw.exit_code == 0, raw.output
+    data = json.loads(raw.stdout)
+    assert data["translation"] == toy_translate("ka lu mi")  # the greedy translation, as checked above
+    assert len(data["layers"]) == 2 and len(data["layers"][0][0]) == len(data["target_pieces"])
+    assert all(abs(sum(row) - 1) < 1e-4 for row in data["layers"][0][0])
+    picture = tmp_path / "map.png"
+    assert invoke("attention", "--model", trained, "--src", "ka lu mi", "--output", picture, "--layer", "2").exit_code == 0
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+    assert_error(invoke("attention", "--model", trained, "--src", "ka", "--layer", "9", "--format", "json"), "--layer 9")

@@ -102,3 +102,13 @@ def test_position_limit_is_an_error() -> None:
     model = make_model("model.max_positions=8", "data.max_tokens_per_side=4")
     with pytest.raises(ValueError, match="max_positions"):
         model(torch.ones(1, 9, dtype=torch.long) * 5, torch.ones(1, 3, dtype=torch.long))
+
+
+def test_cross_attention_weights_are_distributions() -> None:
+    model = make_model()
+    src, tgt = batch()
+    weights = model.cross_attention(src, tgt)
+    assert len(weights) == 2 and weights[0].shape == (3, 4, 7, 9)  # layers; (B, H, T, S)
+    torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 4, 7))
+    assert torch.all(weights[1][1, :, :, 6:] == 0)  # padding gets no attention
+    torch.testing.assert_close(model(src, tgt), make_model()(src, tgt))  # recording changes nothing
