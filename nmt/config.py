@@ -114,8 +114,6 @@ class Config:
 
 def _convert(key: str, value: Any, annotation: Any) -> Any:
     """Convert `value` (from YAML or a `--set` string) to the field's type, or raise ConfigError."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"tuple": tuple}, {})  # annotations are postponed strings
     origin = typing.get_origin(annotation)
     if origin is tuple:
         if isinstance(value, str):
@@ -172,7 +170,7 @@ def merge(values: dict[str, dict[str, Any]], base: Config | None = None) -> Conf
         if not isinstance(entries, dict):
             raise ConfigError(f"{section}: expected a mapping of keys, got {entries!r}")
         current = getattr(base, section)
-        types_by_name = {f.name: f.type for f in fields(current)}
+        types_by_name = typing.get_type_hints(type(current))  # resolves the postponed annotations
         changes = {}
         for key, value in entries.items():
             if key not in types_by_name:
