@@ -252,30 +252,32 @@ class Trainer:
         bar = tqdm(total=c.max_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0,
                    disable=self.rank != 0)
         last_saved = p.step
-        reason = self._stop_reason(started)
-        while reason is None:
-            group, batches = self._next_group(batches)
-            result = self._update(group)
-            if result is None:
-                self._skipped_update()
-                reason = self._stop_reason(started)
-                continue
-            p.nonfinite = 0
-            loss, nll, n_target, n_tokens = result
-            p.step += 1
-            for key, value in (("loss", loss * n_target), ("nll", nll * n_target), ("target", n_target), ("tokens", n_tokens)):
-                window[key] += value
-            window["updates"] += 1
-            bar.update(1)
-            if p.step % c.log_every == 0:
-                self._log_window(window, bar, started)
-            if p.step % c.valid_every == 0:
-                self.validate()
-            if p.step % c.save_every == 0:
-                self._checkpoint(started)
-                last_saved = p.step
+        try:
             reason = self._stop_reason(started)
-        bar.close()
+            while reason is None:
+                group, batches = self._next_group(batches)
+                result = self._update(group)
+                if result is None:
+                    self._skipped_update()
+                    reason = self._stop_reason(started)
+                    continue
+                p.nonfinite = 0
+                loss, nll, n_target, n_tokens = result
+                p.step += 1
+                for key, value in (("loss", loss * n_target), ("nll", nll * n_target), ("target", n_target), ("tokens", n_tokens)):
+                    window[key] += value
+                window["updates"] += 1
+                bar.update(1)
+                if p.step % c.log_every == 0:
+                    self._log_window(window, bar, started)
+                if p.step % c.valid_every == 0:
+                    self.validate()
+                if p.step % c.save_every == 0:
+                    self._checkpoint(started)
+                    last_saved = p.step
+                reason = self._stop_reason(started)
+        finally:
+            bar.close()  # also when an error stops the run, so the terminal line is finished
         if self.valid is not None and p.step % c.valid_every != 0:
             self.validate()
         if p.step != last_saved or p.step == 0:
