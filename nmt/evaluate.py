@@ -16,7 +16,9 @@ def score(hyps: Sequence[str], refs: Sequence[str], where: str = "hypotheses") -
     if not refs:
         raise DataError(f"{where}: nothing to score (no lines)")
     result: dict = {"sentences": len(refs)}
-    for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
+    # bleu_lc (lowercased, 13a tokenization) is stated separately so scores line up with papers that report it.
+    metrics = (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER()), ("bleu_lc", BLEU(lowercase=True, tokenize="13a")))
+    for name, metric in metrics:
         value = metric.corpus_score(list(hyps), [list(refs)])
         result[name] = round(value.score, 2)
         result[f"{name}_signature"] = str(metric.get_signature())
@@ -30,5 +32,5 @@ def bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 def format_scores(scores: dict) -> str:
     """Human-readable lines: each score with its signature."""
-    names = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}  # sacreBLEU's own metric names
-    return "\n".join(f"{label:5s} = {scores[key]:6.2f}  {scores[key + '_signature']}" for key, label in names.items())
+    names = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER", "bleu_lc": "BLEU (lowercased)"}
+    return "\n".join(f"{label:17s} = {scores[key]:6.2f}  {scores[key + '_signature']}" for key, label in names.items())

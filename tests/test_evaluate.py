@@ -13,6 +13,8 @@ def test_perfect_and_imperfect() -> None:
     perfect = score(refs, refs)
     assert perfect["bleu"] == 100.0 and perfect["chrf"] == 100.0 and perfect["ter"] == 0.0
     assert perfect["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    lower = score([r.lower() for r in refs], refs)
+    assert lower["bleu"] < 100 and lower["bleu_lc"] == 100.0 and "case:lc|eff:no|tok:13a" in lower["bleu_lc_signature"]
     worse = score(["Ein Hund rennt .", "Kinder im Sand ."], refs)
     assert 0 < worse["bleu"] < 100 and worse["ter"] > 0
     assert "BLEU" in format_scores(worse) and worse["chrf_signature"] in format_scores(worse)
