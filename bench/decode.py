@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from nmt import Translator
-from nmt.data import read_lines
+from nmt.data import pad, read_lines
 from nmt.evaluate import bleu
 from nmt.export import export_hf
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -47,8 +47,8 @@ def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int
         out: list[str] = [""] * len(ids)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            longest = max(len(ids[i]) for i in chunk) + 1
-            src = torch.tensor([ids[i] + [EOS_ID] + [PAD_ID] * (longest - len(ids[i]) - 1) for i in chunk], device=device)
+            src = pad([ids[i] + [EOS_ID] for i in chunk]).to(device)
+            longest = src.size(1)
             generated = model.generate(input_ids=src, attention_mask=src != PAD_ID, num_beams=beam, do_sample=False,
                                        early_stopping=True, length_penalty=d.length_penalty,
                                        max_new_tokens=min(int(d.max_len_a * (longest - 1)) + d.max_len_b, limit),

@@ -204,12 +204,12 @@ def tokenizer_train(
     from nmt.config import load_config
     from nmt.data import read_corpus
     from nmt.errors import NMTError
-    from nmt.tokenizer import prepare_tokenizer
+    from nmt.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, prepare_tokenizer
 
     def job() -> list[str]:
         config = load_config(None, [f"tokenizer.joint={joint}", f"model.share_embeddings={joint}", f"tokenizer.type={model_type}",
                                     f"tokenizer.vocab_size={vocab_size}", f"tokenizer.character_coverage={character_coverage}"])
-        existing = [f for f in ("spm.model", "spm.src.model", "spm.tgt.model") if (output / f).exists()]
+        existing = [f for f in (JOINT_FILE, SRC_FILE, TGT_FILE) if (output / f).exists()]
         if existing:
             raise NMTError(f"{output / existing[0]} already exists; choose another --output or remove it")
         src, tgt = read_corpus(corpus, src_lang, tgt_lang, split)

@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from nmt.config import DecodeConfig
+from nmt.data import pad
 from nmt.model import Transformer, reorder_cache
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -153,10 +154,7 @@ def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: 
         longest = len(prepared[order[start]])
         size = max(1, config.max_tokens // (longest * config.beam))
         batch = order[start:start + size]
-        src = torch.full((len(batch), longest), PAD_ID, dtype=torch.long)
-        for row, index in enumerate(batch):
-            src[row, : len(prepared[index])] = torch.tensor(prepared[index])
-        src = src.to(device)
+        src = pad([prepared[index] for index in batch]).to(device)
         limits = output_limits((src != PAD_ID).sum(1) - 1, config, model.config.max_positions)
         if config.beam == 1:
             hyps = greedy_search(model, src, limits)

@@ -53,15 +53,20 @@ def build_model(config: Config, tokenizer: Tokenizer) -> Transformer:
     return Transformer(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
 
 
+def _read_stored_config(path: Path) -> Config:
+    """The resolved config a run directory holds (written by `nmt train`)."""
+    try:
+        return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
+
+
 def _check_resume_config(run_dir: Path, config: Config) -> None:
     """Refuse to resume a run whose stored config differs in a key that is not safe to change."""
     stored_path = run_dir / CONFIG_FILE
     if not stored_path.is_file():
         raise CheckpointError(f"{stored_path}: missing, but {run_dir} holds checkpoints; restore it or use a new --run-dir")
-    try:
-        stored = to_dict(from_dict(yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}))
-    except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
-        raise CheckpointError(f"{stored_path}: unreadable ({str(exc).splitlines()[0]})") from None
+    stored = to_dict(_read_stored_config(stored_path))
     new = to_dict(config)
     for section, values in new.items():
         for key, value in values.items():
@@ -167,10 +172,7 @@ class Translator:
         config_path = model_dir / CONFIG_FILE
         if not config_path.is_file():
             raise CheckpointError(f"{model_dir}: no {CONFIG_FILE}; is this a run directory made by `nmt train`?")
-        try:
-            config = from_dict(yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{config_path}: unreadable ({exc})") from None
+        config = _read_stored_config(config_path)
         tokenizer = load_tokenizer(model_dir)
         torch_device = resolve_device(device)
         model = build_model(config, tokenizer)
