@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from nmt.config import load_config
 from nmt.data import collate, make_batches, read_corpus, tokenize_corpus
 from nmt.model import Transformer, count_parameters
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, prepare_tokenizer
+from nmt.tokenizer import EOS_ID, PAD_ID, prepare_tokenizer
 from nmt.train import Trainer
 
 
@@ -43,7 +43,7 @@ def marian(config, vocab_size: int):
         decoder_ffn_dim=m.d_ff, activation_function=m.activation, dropout=m.dropout,
         attention_dropout=m.attention_dropout, activation_dropout=m.activation_dropout,
         max_position_embeddings=m.max_positions, scale_embedding=True, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
-        decoder_start_token_id=BOS_ID, share_encoder_decoder_embeddings=True, tie_word_embeddings=True)
+        decoder_start_token_id=PAD_ID, share_encoder_decoder_embeddings=True, tie_word_embeddings=True)
     hf_config._attn_implementation = "sdpa"  # the fused kernel, as nmt uses
     model = MarianMTModel(hf_config)
     assert model.config._attn_implementation == "sdpa"
@@ -61,7 +61,7 @@ class HFLoop:
 
     def step(self, batch: list[int]) -> None:
         self.model.train()
-        x = collate([self.corpus.src[i] for i in batch], [self.corpus.tgt[i] for i in batch])
+        x = collate([self.corpus.src[i] for i in batch], [self.corpus.tgt[i] for i in batch], PAD_ID)
         x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
         with autocast:

@@ -65,6 +65,7 @@ class ModelConfig:
     positions: str = "sinusoidal"  # position encoding: sinusoidal or learned
     max_positions: int = 512  # longest sequence the position table covers
     share_embeddings: bool = True  # tie source, target and output embeddings (needs a joint vocabulary)
+    decoder_start: str = "pad"  # first decoder input: pad (a zero vector, as Marian and CTranslate2 start) or bos
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ def validate(config: Config) -> None:
         (m.d_ff > 0, f"model.d_ff must be > 0, got {m.d_ff}"),
         (m.activation in ("relu", "gelu"), f"model.activation must be relu or gelu, got {m.activation!r}"),
         (m.positions in ("sinusoidal", "learned"), f"model.positions must be sinusoidal or learned, got {m.positions!r}"),
+        (m.decoder_start in ("pad", "bos"), f"model.decoder_start must be pad or bos, got {m.decoder_start!r}"),
         (all(0 <= p < 1 for p in (m.dropout, m.attention_dropout, m.activation_dropout)), "model dropout values must be in [0, 1)"),
         (not m.share_embeddings or k.joint, "model.share_embeddings needs tokenizer.joint: true (set model.share_embeddings=false)"),
         (k.type in ("unigram", "bpe"), f"tokenizer.type must be unigram or bpe, got {k.type!r}"),

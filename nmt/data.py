@@ -16,7 +16,7 @@ import torch
 
 from nmt.config import DataConfig
 from nmt.errors import DataError
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.tokenizer import EOS_ID, PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -282,10 +282,13 @@ def pad(sequences: Sequence[Sequence[int]], value: int = PAD_ID) -> torch.Tensor
     return out
 
 
-def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-    """Build model inputs: source + EOS, target input BOS + y, target output y + EOS (all padded)."""
+def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], start_id: int) -> dict[str, torch.Tensor]:
+    """Build model inputs: source + EOS, target input start + y, target output y + EOS (all padded).
+
+    `start_id` is the model's first decoder input (`Transformer.start_id`).
+    """
     return {
         "src": pad([list(s) + [EOS_ID] for s in src]),
-        "tgt_in": pad([[BOS_ID] + list(t) for t in tgt]),
+        "tgt_in": pad([[start_id] + list(t) for t in tgt]),
         "tgt_out": pad([list(t) + [EOS_ID] for t in tgt]),
     }

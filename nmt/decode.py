@@ -44,7 +44,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor)
     memory, src_mask = model.encode(src)
     B = src.size(0)
     cache = model.new_cache()
-    last = torch.full((B, 1), BOS_ID, dtype=torch.long, device=src.device)
+    last = torch.full((B, 1), model.start_id, dtype=torch.long, device=src.device)
     generated, log_prob = [], torch.zeros(B, device=src.device)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
     for step in range(int(max_lens.max())):
@@ -84,7 +84,7 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
     memory, src_mask = memory.repeat_interleave(K, 0), src_mask.repeat_interleave(K, 0)  # (B*K, ...)
     limits = max_lens.repeat_interleave(K)
     cache = model.new_cache()
-    tokens = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=src.device)
+    tokens = torch.full((B * K, 1), model.start_id, dtype=torch.long, device=src.device)
     scores = torch.full((B, K), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start identical; keep one so candidates are not duplicated
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]

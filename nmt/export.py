@@ -1,6 +1,9 @@
 """Export a trained model to a Hugging Face transformers directory (MarianMT for post-norm models).
 
-Needs the optional `transformers` package (`pip install nmt[export]`).
+The exported vocabulary follows Marian's order, padding last: nmt id i is exported id i - 1 and
+padding (nmt id 0) becomes the last id. Padding is the decoder start and its embedding row is zero,
+so CTranslate2's MarianMT converter (which drops the last id and starts from a zero vector) gives
+the same model. Needs the optional `transformers` package (`pip install nmt[export]`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,17 @@ from nmt.model import sinusoidal_table
 from nmt.pipeline import Translator
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
+
+def exported_id(token: int, vocab_size: int) -> int:
+    """The id of nmt token `token` in the exported (padding-last) vocabulary."""
+    return (token - 1) % vocab_size
+
+
+def nmt_id(token: int, vocab_size: int) -> int:
+    """The nmt id of exported token `token` (inverse of `exported_id`)."""
+    return (token + 1) % vocab_size
+
+
 # nmt name -> MarianMT name, per encoder / decoder layer.
 ENCODER_LAYER = {"self_attn": "self_attn", "attn_block.norm": "self_attn_layer_norm", "ff.fc1": "fc1",
                  "ff.fc2": "fc2", "ff_block.norm": "final_layer_norm"}
@@ -29,6 +43,9 @@ def _unsupported(translator: Translator) -> str | None:
     if m.norm_first:
         return ("pre-norm models (model.norm_first: true) have no exact Hugging Face counterpart here; "
                 "train with model.norm_first: false to export to MarianMT")
+    if translator.model.start_id != PAD_ID:
+        return ("the decoder starts from BOS (model.decoder_start: bos); MarianMT starts "
+                "from the zero padding embedding: retrain with model.decoder_start: pad")
     if m.positions != "sinusoidal":
         return "learned positions (model.positions: learned) do not map onto MarianMT's sinusoidal table"
     if not m.share_embeddings or not translator.tokenizer.joint:
@@ -52,14 +69,15 @@ def marian_config(translator: Translator):
     from transformers import MarianConfig
 
     m, vocab = translator.config.model, translator.tokenizer.tgt_vocab_size
+    pad, eos, bos = (exported_id(t, vocab) for t in (PAD_ID, EOS_ID, BOS_ID))
     return MarianConfig(
         vocab_size=vocab, decoder_vocab_size=vocab, d_model=m.d_model, encoder_layers=m.n_encoder_layers,
         decoder_layers=m.n_decoder_layers, encoder_attention_heads=m.n_heads, decoder_attention_heads=m.n_heads,
         encoder_ffn_dim=m.d_ff, decoder_ffn_dim=m.d_ff, activation_function=m.activation, dropout=m.dropout,
         attention_dropout=m.attention_dropout, activation_dropout=m.activation_dropout,
         max_position_embeddings=m.max_positions, scale_embedding=True, share_encoder_decoder_embeddings=True,
-        tie_word_embeddings=True, pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
-        decoder_start_token_id=BOS_ID, forced_eos_token_id=EOS_ID,
+        tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=bos,
+        decoder_start_token_id=pad, forced_eos_token_id=eos,
         num_beams=translator.config.decode.beam, max_length=m.max_positions)
 
 
@@ -76,10 +94,13 @@ def export_hf(model_dir: Path, output: Path) -> Path:
     if output.exists() and any(output.iterdir()):
         raise NMTError(f"{output} exists and is not empty; choose another --output")
     hf = MarianMTModel(marian_config(translator))
-    weights = {_rename(name): tensor for name, tensor in translator.model.state_dict().items() if "table" not in name}
+    state = translator.model.state_dict()
+    weights = {_rename(name): tensor for name, tensor in state.items() if "table" not in name and "logit_mask" not in name}
+    weights["model.shared.weight"] = torch.roll(weights["model.shared.weight"], -1, dims=0)  # padding last
     table = sinusoidal_table(translator.config.model.max_positions, translator.config.model.d_model)
     weights["model.encoder.embed_positions.weight"] = weights["model.decoder.embed_positions.weight"] = table
-    weights["final_logits_bias"] = torch.zeros_like(hf.final_logits_bias)
+    # Padding is never an output in nmt (a -inf logit); the bias says the same to transformers.
+    weights["final_logits_bias"] = torch.roll(translator.model.logit_mask, -1)[None, :].clone()
     missing, unexpected = hf.load_state_dict(weights, strict=False)
     untied = [k for k in missing if not k.endswith("embed_tokens.weight") and k != "lm_head.weight"]
     if untied or unexpected:
@@ -101,7 +122,8 @@ def _write_tokenizer(translator: Translator, directory: Path) -> None:
     for name in ("source.spm", "target.spm"):
         shutil.copyfile(model_file, directory / name)
     processor = translator.tokenizer.tgt
-    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    size = processor.get_piece_size()
+    vocab = {processor.id_to_piece(i): exported_id(i, size) for i in range(size)}
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     d = translator.config.data
     (directory / "tokenizer_config.json").write_text(json.dumps({

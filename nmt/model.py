@@ -5,6 +5,9 @@ Conventions, chosen so a post-norm model maps one-to-one onto Hugging Face Maria
 - Token embeddings are scaled by sqrt(d_model); sinusoidal positions start at 0 and put the
   sines in the first half of the vector, the cosines in the second.
 - Every linear layer has a bias except the output projection; LayerNorm eps is 1e-5.
+- The decoder starts from the padding token, whose embedding is the zero vector (Marian's and
+  CTranslate2's convention; `decoder_start: bos` starts from BOS instead). Padding is never an
+  output: its logit is -inf, so its tied embedding row gets no gradient and stays zero.
 - Pre-norm models end each stack with a final LayerNorm; post-norm models have none.
 All attention runs through `torch.nn.functional.scaled_dot_product_attention`.
 """
@@ -163,9 +166,10 @@ class Embedding(nn.Module):
 class Transformer(nn.Module):
     """Encoder-decoder transformer. `encode` once, then `decode` in full or step by step with a cache."""
 
-    def __init__(self, c: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0) -> None:
+    def __init__(self, c: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0, bos_id: int = 2) -> None:
         super().__init__()
         self.config, self.pad_id = c, pad_id
+        self.start_id = pad_id if c.decoder_start == "pad" else bos_id  # first decoder input
         if c.share_embeddings and src_vocab_size != tgt_vocab_size:
             raise ValueError("shared embeddings need equal source and target vocabularies")
         tgt_tokens = nn.Embedding(tgt_vocab_size, c.d_model, padding_idx=pad_id)
@@ -176,6 +180,9 @@ class Transformer(nn.Module):
         self.encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.output = None if c.share_embeddings else nn.Linear(c.d_model, tgt_vocab_size, bias=False)
+        never_output = torch.zeros(tgt_vocab_size)
+        never_output[pad_id] = float("-inf")
+        self.register_buffer("logit_mask", never_output, persistent=False)  # added to the logits
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -208,7 +215,7 @@ class Transformer(nn.Module):
             x = layer(x, memory, src_mask, None if cache is None else cache[i])
         x = self.decoder_norm(x)
         weight = self.tgt_embed.tokens.weight if self.output is None else self.output.weight
-        return F.linear(x, weight)  # (B, T, V)
+        return F.linear(x, weight, self.logit_mask.to(x.dtype))  # (B, T, V), -inf at padding
 
     @torch.no_grad()
     def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> list[torch.Tensor]:

@@ -56,7 +56,10 @@ def build_model(config: Config, tokenizer: Tokenizer) -> Transformer:
 def _read_stored_config(path: Path) -> Config:
     """The resolved config a run directory holds (written by `nmt train`)."""
     try:
-        return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if isinstance(values.get("model"), dict):
+            values["model"].setdefault("decoder_start", "bos")  # runs written before the key existed started from BOS
+        return from_dict(values)
     except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
 

@@ -32,15 +32,18 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
     """Summed label-smoothed cross-entropy and summed NLL over non-padding targets.
 
     logits (B, T, V), target (B, T). Smoothing spreads `smoothing` of the mass uniformly over the
-    vocabulary (Szegedy et al., 2016), as in the transformer paper. One log-softmax serves both
-    sums: the (B*T, V) log-probabilities are the largest tensor of a step, so they are made once.
+    vocabulary but padding (Szegedy et al., 2016), as in the transformer paper: the model gives
+    padding a -inf logit, so it is no class. One log-softmax serves both sums: the (B*T, V)
+    log-probabilities are the largest tensor of a step, so they are made once.
     """
     log_probs = torch.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)
     target = target.reshape(-1)
     nll = F.nll_loss(log_probs, target, ignore_index=PAD_ID, reduction="sum")
     if smoothing == 0:
         return nll, nll.detach()
-    uniform = -(log_probs.sum(-1) * (target != PAD_ID)).sum() / log_probs.size(-1)
+    assert PAD_ID == 0  # the classes are the columns after it
+    classes = log_probs[:, 1:]
+    uniform = -(classes.sum(-1) * (target != PAD_ID)).sum() / classes.size(-1)
     return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
 
 
@@ -163,7 +166,7 @@ class Trainer:
         single sentences ran out of memory.
         """
         self.model.train()
-        inputs = [collate([self.corpus.src[i] for i in b], [self.corpus.tgt[i] for i in b]) for b in group]
+        inputs = [collate([self.corpus.src[i] for i in b], [self.corpus.tgt[i] for i in b], self.model.start_id) for b in group]
         n_target = sum(int((x["tgt_out"] != PAD_ID).sum()) for x in inputs)
         n_tokens = n_target + sum(int((x["src"] != PAD_ID).sum()) for x in inputs)
         n_target, n_tokens = (int(n) for n in distributed.all_sum([n_target, n_tokens], self.device))
@@ -329,7 +332,7 @@ class Trainer:
         total, count = 0.0, 0
         lengths = [len(s) for s in self.valid.src]
         for batch in make_batches(lengths, [len(t) for t in self.valid.tgt], self.config.max_tokens, 0, 0):
-            x = collate([self.valid.src[i] for i in batch], [self.valid.tgt[i] for i in batch])
+            x = collate([self.valid.src[i] for i in batch], [self.valid.tgt[i] for i in batch], self.model.start_id)
             x = {k: v.to(self.device) for k, v in x.items()}
             with self._autocast():
                 logits = self.model(x["src"], x["tgt_in"])

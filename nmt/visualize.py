@@ -13,7 +13,7 @@ import torch
 
 from nmt.errors import DataError, NMTError
 from nmt.pipeline import Translator
-from nmt.tokenizer import BOS_ID, EOS_ID
+from nmt.tokenizer import EOS_ID
 
 
 def _pyplot():
@@ -39,7 +39,7 @@ def alignment(translator: Translator, sentence: str, beam: Optional[int] = None)
     src_ids = tok.encode_src([sentence.strip()])[0][: model.config.max_positions - 1] + [EOS_ID]
     tgt_ids = tok.encode_tgt([translation])[0][: model.config.max_positions - 1]
     src = torch.tensor([src_ids], device=translator.device)
-    tgt_in = torch.tensor([[BOS_ID] + tgt_ids], device=translator.device)
+    tgt_in = torch.tensor([[model.start_id] + tgt_ids], device=translator.device)
     weights = model.cross_attention(src, tgt_in)
     return {"source": sentence, "translation": translation,
             "source_pieces": tok.src_pieces(sentence.strip())[: len(src_ids) - 1] + ["</s>"],

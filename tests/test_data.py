@@ -113,7 +113,7 @@ def test_batches_respect_budget_and_cover_everything() -> None:
 
 
 def test_collate_adds_specials() -> None:
-    x = collate([[5, 6], [7]], [[8], [9, 10]])
+    x = collate([[5, 6], [7]], [[8], [9, 10]], start_id=BOS_ID)
     assert x["src"].tolist() == [[5, 6, EOS_ID], [7, EOS_ID, PAD_ID]]
     assert x["tgt_in"].tolist() == [[BOS_ID, 8, PAD_ID], [BOS_ID, 9, 10]]
     assert x["tgt_out"].tolist() == [[8, EOS_ID, PAD_ID], [9, 10, EOS_ID]]

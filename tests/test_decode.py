@@ -36,7 +36,7 @@ def padded(srcs: list[list[int]]) -> torch.Tensor:
 def reference_beam(model: Transformer, src: list[int], beam: int, max_len: int, alpha: float) -> list[tuple[list[int], float]]:
     """One sentence, full recomputation each step, plain Python bookkeeping."""
     memory, mask = model.encode(torch.tensor([src + [EOS_ID]]))
-    beams, finished = [([BOS_ID], 0.0)], []
+    beams, finished = [([model.start_id], 0.0)], []
     for step in range(max_len):
         candidates = []
         for tokens, score in beams:

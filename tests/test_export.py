@@ -1,4 +1,4 @@
-"""Export to Hugging Face MarianMT: the exported model computes the same log-probabilities and greedy outputs."""
+"""Export to Hugging Face MarianMT: the exported model, and CTranslate2's conversion of it, compute what ours does."""
 
 from __future__ import annotations
 
@@ -45,8 +45,12 @@ def batch(translator: Translator) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max(len(s) for s in srcs) + 1
     src = torch.tensor([s + [EOS_ID] + [PAD_ID] * (longest - len(s) - 1) for s in srcs])
     tgt = torch.randint(4, translator.tokenizer.tgt_vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
-    tgt[:, 0] = 2
+    tgt[:, 0] = translator.model.start_id
     return src, tgt
+
+
+def to_hf(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    return (ids - 1) % vocab_size  # the exported order: padding last
 
 
 def test_log_probs_match(exported: tuple[Path, Path]) -> None:
@@ -54,10 +58,15 @@ def test_log_probs_match(exported: tuple[Path, Path]) -> None:
     ours = Translator.load(model_dir, device="cpu")
     theirs = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     src, tgt = batch(ours)
+    V = ours.tokenizer.tgt_vocab_size
+    hf_src = to_hf(src, V)
     with torch.no_grad():
         expected = torch.log_softmax(ours.model(src, tgt), -1)
-        found = torch.log_softmax(theirs(input_ids=src, attention_mask=src != PAD_ID, decoder_input_ids=tgt).logits, -1)
-    assert (expected - found).abs().max().item() < 1e-4
+        found = torch.log_softmax(theirs(input_ids=hf_src, attention_mask=src != PAD_ID,
+                                         decoder_input_ids=to_hf(tgt, V)).logits, -1)
+    found = torch.roll(found, 1, dims=-1)  # back to nmt's vocabulary order
+    assert torch.isinf(expected[..., PAD_ID]).all() and torch.isinf(found[..., PAD_ID]).all()
+    assert (expected[..., 1:] - found[..., 1:]).abs().max().item() < 1e-4
 
 
 def test_greedy_outputs_match(exported: tuple[Path, Path]) -> None:
@@ -65,19 +74,37 @@ def test_greedy_outputs_match(exported: tuple[Path, Path]) -> None:
     ours = Translator.load(model_dir, device="cpu")
     theirs = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     src, _ = batch(ours)
-    limit = 12
+    V, limit = ours.tokenizer.tgt_vocab_size, 12
     mine = [h[0].tokens for h in greedy_search(ours.model, src, torch.full((3,), limit))]
-    generated = theirs.generate(input_ids=src, attention_mask=src != PAD_ID, num_beams=1, do_sample=False,
-                                max_new_tokens=limit, suppress_tokens=[PAD_ID, 2])  # EOS forced at the limit, as ours
-    hf = [[t for t in row[1:] if t not in (PAD_ID, EOS_ID)] for row in generated.tolist()]
-    assert hf == mine
+    generated = theirs.generate(input_ids=to_hf(src, V), attention_mask=src != PAD_ID, num_beams=1, do_sample=False,
+                                max_new_tokens=limit, suppress_tokens=[int(to_hf(torch.tensor(2), V))])  # no BOS, as ours
+    hf = [[(t + 1) % V for t in row[1:]] for row in generated.tolist()]  # EOS is forced at the limit, as ours
+    assert [[t for t in row if t not in (PAD_ID, EOS_ID)] for row in hf] == mine
+
+
+def test_ctranslate2_greedy_matches(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from ctranslate2.converters import TransformersConverter
+
+    model_dir, out = exported
+    ours = Translator.load(model_dir, device="cpu")
+    TransformersConverter(str(out)).convert(str(tmp_path / "ct2"))
+    engine = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu")
+    src, _ = batch(ours)
+    mine = [h[0].tokens for h in greedy_search(ours.model, src, torch.full((3,), 12))]
+    pieces = [[ours.tokenizer.src.id_to_piece(t) for t in row if t != PAD_ID] for row in src.tolist()]
+    # Ours ends at 12 tokens with EOS counted, CTranslate2 at 11 without; neither may produce BOS.
+    results = engine.translate_batch(pieces, beam_size=1, max_decoding_length=11, suppress_sequences=[["<s>"]])
+    theirs = [[ours.tokenizer.tgt.piece_to_id(p) for p in r.hypotheses[0]] for r in results]
+    assert theirs == mine
 
 
 def test_tokenizer_files_load(exported: tuple[Path, Path]) -> None:
     _, out = exported
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     ids = tokenizer("ka lu mi")["input_ids"]
-    assert ids[-1] == EOS_ID and tokenizer.decode(ids, skip_special_tokens=True) == "ka lu mi"
+    assert ids[-1] == tokenizer.eos_token_id == EOS_ID - 1 and tokenizer.pad_token_id == tokenizer.vocab_size - 1
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "ka lu mi"
 
 
 def test_export_cli(exported: tuple[Path, Path], tmp_path: Path) -> None:

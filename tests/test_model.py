@@ -27,7 +27,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     src = torch.randint(4, V, (3, 9), generator=g)
     src[1, 6:] = 0  # padding
     tgt = torch.randint(4, V, (3, 7), generator=g)
-    tgt[:, 0] = 2
+    tgt[:, 0] = 0  # the decoder start (padding, a zero embedding)
     return src, tgt
 
 

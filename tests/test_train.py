@@ -19,11 +19,12 @@ from nmt.train import Trainer, inverse_sqrt, label_smoothed_loss
 
 def test_label_smoothed_loss_matches_definition() -> None:
     logits = torch.randn(2, 3, 7)
+    logits[..., PAD_ID] = float("-inf")  # as the model gives it: padding is no class
     target = torch.tensor([[1, 4, PAD_ID], [6, 2, 5]])
     loss, nll = label_smoothed_loss(logits, target, 0.2)
-    log_probs = torch.log_softmax(logits, -1)
+    log_probs = torch.log_softmax(logits[..., 1:], -1)  # the 6 real classes
     mask = target != PAD_ID
-    expected_nll = -log_probs.gather(-1, target[..., None])[..., 0][mask].sum()
+    expected_nll = -log_probs.gather(-1, (target - 1).clamp(min=0)[..., None])[..., 0][mask].sum()
     expected = 0.8 * expected_nll + 0.2 * (-log_probs.mean(-1)[mask].sum())
     torch.testing.assert_close(nll, expected_nll)
     torch.testing.assert_close(loss, expected)
@@ -51,12 +52,15 @@ def make_trainer(run_dir: Path, *overrides: str) -> Trainer:
 def test_loss_falls_on_one_batch(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "model.dropout=0.0")
     batch = list(range(16))
-    x = collate([trainer.corpus.src[i] for i in batch], [trainer.corpus.tgt[i] for i in batch])
+    x = collate([trainer.corpus.src[i] for i in batch], [trainer.corpus.tgt[i] for i in batch], trainer.model.start_id)
     first = float(label_smoothed_loss(trainer.model(x["src"], x["tgt_in"]), x["tgt_out"], 0.0)[1])
     for _ in range(40):
         trainer._update([batch])
     last = float(label_smoothed_loss(trainer.model(x["src"], x["tgt_in"]), x["tgt_out"], 0.0)[1])
     assert last < first / 3
+    # The decoder starts from the padding embedding, which must stay the zero vector (Marian/CTranslate2).
+    assert trainer.model.start_id == PAD_ID
+    assert torch.count_nonzero(trainer.model.tgt_embed.tokens.weight[PAD_ID]) == 0
 
 
 def test_resume_continues_the_same_run(tmp_path: Path) -> None:
