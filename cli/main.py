@@ -35,6 +35,12 @@ def _run(job: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
+def _fail(message: str) -> None:
+    """A usage error: one line on stderr, exit code 1."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs and full tracebacks on errors.")] = False) -> None:
     """nmt: train, run and score transformer translation models."""
@@ -113,12 +119,25 @@ def evaluate(
 @app.command()
 def average(
     model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
-    last: Annotated[int, typer.Option(help="Average the weights of this many most recent step checkpoints.")] = 5,
+    last: Annotated[list[int], typer.Option(help="Average the weights of this many most recent step checkpoints; "
+                                                 "repeat it with --valid-src/--valid-ref to choose among several.")] = [5],
+    valid_src: Annotated[Optional[Path], typer.Option(help="Validation sources: keep whichever of no average and each "
+                                                           "--last scores the best BLEU on them.")] = None,
+    valid_ref: Annotated[Optional[Path], typer.Option(help="Validation references for --valid-src.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for --valid-src decoding).")] = "auto",
 ) -> None:
     """Average the last N checkpoints; translate and eval then use the average."""
     from nmt.checkpoint import average_checkpoints
+    from nmt.pipeline import select_average
 
-    typer.echo(str(_run(lambda: average_checkpoints(model, last))))
+    if (valid_src is None) != (valid_ref is None):
+        _fail("--valid-src and --valid-ref go together")
+    if valid_src is not None:
+        typer.echo(json.dumps(_run(lambda: select_average(model, last, valid_src, valid_ref, device))))
+    elif len(last) > 1:
+        _fail("several --last values need --valid-src/--valid-ref to choose among them")
+    else:
+        typer.echo(str(_run(lambda: average_checkpoints(model, last[0]))))
 
 
 @app.command()

@@ -97,8 +97,7 @@ def save_checkpoint(run_dir: Path, step: int, model: Transformer, state: dict[st
     root = checkpoint_dir(run_dir)
     final = _write_dir(root, f"step_{step:08d}", model, state, {"step": str(step)})
     _point(root, "latest", final)
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in steps[:-keep_last]:
+    for old in step_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -114,13 +113,18 @@ def save_best(run_dir: Path, step: int, model: Transformer, metadata: dict[str, 
     return final
 
 
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete step checkpoint directories of a run, oldest first."""
+    return sorted(p for p in checkpoint_dir(run_dir).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
 def average_checkpoints(run_dir: Path, last: int) -> Path:
     """Average the weights of the last `last` step checkpoints into checkpoints/average_lastN.
 
     Translate and eval then use the average (until training runs again in this run dir).
     """
     root = checkpoint_dir(run_dir)
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    steps = step_checkpoints(run_dir)
     if last < 1 or len(steps) < last:
         raise CheckpointError(f"{root} holds {len(steps)} step checkpoints, cannot average the last {last} "
                               "(train with a larger train.keep_last)")

@@ -266,3 +266,26 @@ def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path, beam: Option
     result = score(hyps, refs, where=str(src_path))
     result["beam"] = beam if beam is not None else translator.config.decode.beam
     return result
+
+
+def select_average(model_dir: Path, lasts: Sequence[int], src_path: Path, ref_path: Path,
+                   device: str = "auto") -> dict:
+    """Keep whichever scores best on a validation set: the model without averaging or an average of the last N.
+
+    Returns {"bleu": {"none": ..., "last4": ...}, "chosen": name}; translate and eval then use the choice.
+    Choose on validation data only, never on a test set.
+    """
+    checkpoint.forget_average(model_dir)
+    found = {"none": evaluate_model(model_dir, src_path, ref_path, device=device)["bleu"]}
+    available = len(checkpoint.step_checkpoints(model_dir))
+    for last in lasts:
+        if last > available:
+            log.warning("%s holds %d step checkpoints; skipping the average of the last %d", model_dir, available, last)
+            continue
+        checkpoint.average_checkpoints(model_dir, last)
+        found[f"last{last}"] = evaluate_model(model_dir, src_path, ref_path, device=device)["bleu"]
+    chosen = max(found, key=lambda name: (found[name], name == "none"))  # ties keep the plain model
+    checkpoint.forget_average(model_dir)
+    if chosen != "none":
+        checkpoint.average_checkpoints(model_dir, int(chosen[4:]))
+    return {"bleu": found, "chosen": chosen}

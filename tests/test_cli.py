@@ -198,6 +198,21 @@ def test_average_command(trained: Path, tmp_path: Path, toy_corpus: Path) -> Non
     assert_error(invoke("average", "--model", run_dir, "--last", "50"), "cannot average the last 50")
 
 
+def test_average_chosen_on_validation(trained: Path, tmp_path: Path, toy_corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    valid = ["--valid-src", toy_corpus / "valid.xx", "--valid-ref", toy_corpus / "valid.yy"]
+    result = invoke("average", "--model", run_dir, "--last", "2", "--last", "3", *valid)
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert set(found["bleu"]) == {"none", "last2", "last3"}
+    assert found["bleu"][found["chosen"]] == max(found["bleu"].values())
+    pointer = run_dir / "checkpoints" / "average"
+    assert pointer.is_file() == (found["chosen"] != "none")
+    assert_error(invoke("average", "--model", run_dir, "--last", "2", "--last", "3"), "need --valid-src")
+    assert_error(invoke("average", "--model", run_dir, "--valid-src", toy_corpus / "valid.xx"), "go together")
+
+
 def test_pictures(trained: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     curves = tmp_path / "curves.png"
