@@ -10,7 +10,7 @@ import torch
 
 from nmt.config import DecodeConfig
 from nmt.data import pad
-from nmt.model import Transformer, reorder_cache
+from nmt.model import Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -23,19 +23,28 @@ class Hypothesis:
     log_prob: float  # sum of token log-probabilities, EOS included
 
 
-def _step_log_probs(model: Transformer, last: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-                    cache: list, step: int, max_lens: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities (N, V) for the next token; EOS is forced where the length limit is reached."""
+def _step_candidates(model: Transformer, last: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+                     cache: list, at_limit: Optional[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best next tokens of each row, (N, k) log-probabilities and ids, best first.
+
+    No (N, V) log-probability tensor is made: the tokens with the best logits are the ones with the
+    best log-probabilities, so only the log-normaliser needs the whole vocabulary. BOS is never
+    produced (padding's logit is already -inf); rows in `at_limit` have EOS as their only candidate.
+    """
     logits = model.decode(last, memory, src_mask, cache)[:, -1].float()
-    log_probs = torch.log_softmax(logits, dim=-1)
-    log_probs[:, PAD_ID] = float("-inf")
-    log_probs[:, BOS_ID] = float("-inf")
-    at_limit = step + 1 >= max_lens  # this step produces token number step + 1
-    if at_limit.any():
-        eos = log_probs[at_limit, EOS_ID].clone()
-        log_probs[at_limit] = float("-inf")
-        log_probs[at_limit, EOS_ID] = eos
-    return log_probs
+    normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+    logits[:, BOS_ID] = float("-inf")
+    values, tokens = logits.topk(min(k, logits.size(-1)), dim=-1)
+    if at_limit is not None:
+        eos = logits[at_limit, EOS_ID]
+        values[at_limit], tokens[at_limit] = float("-inf"), EOS_ID
+        values[at_limit, 0] = eos
+    return values - normaliser, tokens
+
+
+def _at_limit(step: int, limits: torch.Tensor, shortest: int) -> Optional[torch.Tensor]:
+    """Rows whose next token (number step + 1) is their last; None while no row is there (no device sync)."""
+    return limits <= step + 1 if step + 1 >= shortest else None
 
 
 @torch.no_grad()
@@ -43,13 +52,14 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor)
     """src (B, S) padded ids ending in EOS; max_lens (B,) output limits counting EOS."""
     memory, src_mask = model.encode(src)
     B = src.size(0)
-    cache = model.new_cache()
+    cache = model.new_cache(capacity=int(max_lens.max()))
     last = torch.full((B, 1), model.start_id, dtype=torch.long, device=src.device)
     generated, log_prob = [], torch.zeros(B, device=src.device)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
+    shortest = int(max_lens.min())
     for step in range(int(max_lens.max())):
-        log_probs = _step_log_probs(model, last, memory, src_mask, cache, step, max_lens)
-        best, token = log_probs.max(dim=-1)
+        values, tokens = _step_candidates(model, last, memory, src_mask, cache, _at_limit(step, max_lens, shortest), 1)
+        best, token = values[:, 0], tokens[:, 0]
         log_prob += torch.where(finished, torch.zeros_like(best), best)
         token = token.masked_fill(finished, PAD_ID)
         generated.append(token)
@@ -80,21 +90,23 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
     what the sentences still searching need. Returns the `nbest` best per sentence, best first.
     """
     B, K = src.size(0), beam
-    memory, src_mask = model.encode(src)
-    memory, src_mask = memory.repeat_interleave(K, 0), src_mask.repeat_interleave(K, 0)  # (B*K, ...)
+    memory, src_mask = model.encode(src)  # one row per sentence; its K beam rows share it
     limits = max_lens.repeat_interleave(K)
-    cache = model.new_cache()
+    cache = model.new_cache(group=K, capacity=int(max_lens.max()))
     tokens = torch.full((B * K, 1), model.start_id, dtype=torch.long, device=src.device)
     scores = torch.full((B, K), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start identical; keep one so candidates are not duplicated
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     alive = torch.arange(B, device=src.device)  # input index of each sentence still searched
+    shortest = int(limits.min())
     for step in range(int(max_lens.max())):
         n = alive.numel()
-        log_probs = _step_log_probs(model, tokens[:, -1:], memory, src_mask, cache, step, limits)
-        V = log_probs.size(-1)
-        top_scores, top_index = (scores.view(-1, 1) + log_probs).view(n, K * V).topk(min(2 * K, K * V), dim=1)
-        top_beam, top_token = top_index // V, top_index % V  # (n, 2K), best first
+        # The best 2K continuations of each row hold the sentence's best 2K over all K rows.
+        values, candidates = _step_candidates(model, tokens[:, -1:], memory, src_mask, cache,
+                                              _at_limit(step, limits, shortest), 2 * K)
+        C = values.size(1)
+        top_scores, top_index = (scores.view(-1, 1) + values).view(n, K * C).topk(2 * K, dim=1)
+        top_beam, top_token = top_index // C, candidates.view(n, K * C).gather(1, top_index)  # (n, 2K), best first
         is_eos = top_token == EOS_ID
         offsets = torch.arange(n, device=src.device)[:, None] * K
         _finish(finished, alive, tokens, offsets + top_beam, top_scores, is_eos, K, step + 1, length_penalty)
@@ -104,15 +116,16 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
         # The best K candidates that do not end here continue (at most K of 2K can end in EOS).
         scores, keep_pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=1)
         rows, next_tokens = offsets + top_beam.gather(1, keep_pos), top_token.gather(1, keep_pos)  # (n, K)
-        shrink = not bool(searching.all())
-        if shrink:
-            rows, next_tokens, scores, alive = rows[searching], next_tokens[searching], scores[searching], alive[searching]
+        kept = None if bool(searching.all()) else searching.nonzero().view(-1)  # sentences that go on
+        if kept is not None:
+            rows, next_tokens, scores, alive = rows[kept], next_tokens[kept], scores[kept], alive[kept]
         rows = rows.view(-1)
         tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)
-        # Rows only move within a sentence, whose memory rows are equal; copy memory only when shrinking.
-        cache = reorder_cache(cache, rows, memory_too=shrink)
-        if shrink:
-            memory, src_mask, limits = memory[rows], src_mask[rows], limits[rows]
+        # Rows move only within a sentence; the memory rows change only when sentences leave.
+        cache.reorder(rows, kept)
+        if kept is not None:
+            memory, src_mask, limits = memory[kept], src_mask[kept], limits[rows]
+            shortest = int(limits.min())
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 
 

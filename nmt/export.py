@@ -95,12 +95,13 @@ def export_hf(model_dir: Path, output: Path) -> Path:
         raise NMTError(f"{output} exists and is not empty; choose another --output")
     hf = MarianMTModel(marian_config(translator))
     state = translator.model.state_dict()
-    weights = {_rename(name): tensor for name, tensor in state.items() if "table" not in name and "logit_mask" not in name}
+    weights = {_rename(name): tensor for name, tensor in state.items() if "table" not in name}
     weights["model.shared.weight"] = torch.roll(weights["model.shared.weight"], -1, dims=0)  # padding last
     table = sinusoidal_table(translator.config.model.max_positions, translator.config.model.d_model)
     weights["model.encoder.embed_positions.weight"] = weights["model.decoder.embed_positions.weight"] = table
     # Padding is never an output in nmt (a -inf logit); the bias says the same to transformers.
-    weights["final_logits_bias"] = torch.roll(translator.model.logit_mask, -1)[None, :].clone()
+    weights["final_logits_bias"] = torch.zeros_like(hf.final_logits_bias)
+    weights["final_logits_bias"][0, exported_id(PAD_ID, hf.config.vocab_size)] = float("-inf")
     missing, unexpected = hf.load_state_dict(weights, strict=False)
     untied = [k for k in missing if not k.endswith("embed_tokens.weight") and k != "lm_head.weight"]
     if untied or unexpected:

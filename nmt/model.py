@@ -23,7 +23,46 @@ from torch import nn
 
 from nmt.config import ModelConfig
 
-Cache = list[dict[str, torch.Tensor]]  # one dict per decoder layer: self k/v and cross k/v
+
+class Cache:
+    """Incremental decoding state of the decoder layers.
+
+    Self-attention keys/values go into buffers allocated for `capacity` positions (grown by doubling
+    if a longer output comes), so a step writes one position instead of concatenating the history.
+    Cross-attention keys/values are computed once, one row per sentence; the decoder may run `group`
+    rows per sentence (the beam), whose queries then attend to their sentence's memory together.
+    """
+
+    def __init__(self, n_layers: int, group: int = 1, capacity: int = 64) -> None:
+        self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
+        self.length, self.group, self.capacity = 0, group, capacity
+
+    def append(self, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store layer `index`'s new keys/values (N, H, T, D/H) after the filled positions; return all of them."""
+        layer, end = self.layers[index], self.length + k.size(2)
+        if "k" not in layer or end > layer["k"].size(2):
+            self.capacity = max(self.capacity, end, 2 * layer["k"].size(2) if "k" in layer else 0)
+            for name, new in (("k", k), ("v", v)):
+                grown = new.new_empty(new.size(0), new.size(1), self.capacity, new.size(3))
+                if name in layer:
+                    grown[:, :, : self.length] = layer[name][:, :, : self.length]
+                layer[name] = grown
+        layer["k"][:, :, self.length:end], layer["v"][:, :, self.length:end] = k, v
+        return layer["k"][:, :, :end], layer["v"][:, :, :end]
+
+    def reorder(self, rows: torch.Tensor, sentences: Optional[torch.Tensor] = None) -> None:
+        """Keep decoder rows `rows`, in that order; with `sentences`, keep only those memory rows too."""
+        for layer in self.layers:
+            for name in ("k", "v"):
+                if name in layer:
+                    old = layer[name]
+                    layer[name] = old.new_empty(rows.numel(), *old.shape[1:])
+                    # Only the filled positions are copied, straight into the new buffer.
+                    torch.index_select(old[:, :, : self.length], 0, rows, out=layer[name][:, :, : self.length])
+            if sentences is not None:
+                for name in ("memory_k", "memory_v"):
+                    if name in layer:
+                        layer[name] = layer[name].index_select(0, sentences)
 
 
 def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
@@ -54,9 +93,15 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                mask: Optional[torch.Tensor] = None, causal: bool = False) -> torch.Tensor:
-        """Queries from x (B, L, D) attend to k, v (B, H, S, D/H); returns (B, L, D)."""
-        B, L, D = x.shape
-        q = self._split(self.q_proj(x))
+        """Queries from x (N, L, D) attend to k, v (B, H, S, D/H); returns (N, L, D).
+
+        N may be a multiple G of B (G beam rows per sentence, never with `causal`): the G*L queries
+        of a sentence then attend to its keys in one call, without copying keys per row.
+        """
+        N, L, D = x.shape
+        B, H = k.size(0), self.n_heads
+        G = N // B
+        q = self.q_proj(x).view(B, G, L, H, D // H).permute(0, 3, 1, 2, 4).reshape(B, H, G * L, D // H)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                              dropout_p=self.dropout if self.training else 0.0)
         if self.recorded is not None:
@@ -64,7 +109,7 @@ class MultiHeadAttention(nn.Module):
             S = k.size(2)
             eye = torch.eye(S, dtype=q.dtype, device=q.device).expand(B, self.n_heads, S, S)
             self.recorded.append(F.scaled_dot_product_attention(q, k, eye, attn_mask=mask, is_causal=causal))  # (B, H, L, S)
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+        return self.out_proj(out.view(B, H, G, L, D // H).permute(0, 2, 3, 1, 4).reshape(N, L, D))
 
 
 class FeedForward(nn.Module):
@@ -118,25 +163,25 @@ class DecoderLayer(nn.Module):
         self.ff_block = Residual(c.d_model, c.dropout, c.norm_first)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-                cache: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
-        """x (B, T, D). With a cache, x holds only the new positions (T == 1 once the cache is filled)."""
+                cache: Optional[Cache] = None, index: int = 0) -> torch.Tensor:
+        """x (N, T, D); memory (B, S, D) with N a multiple of B (see `Cache`).
+
+        With a cache (this is decoder layer `index`), x holds only the new positions.
+        """
         def self_attention(h: torch.Tensor) -> torch.Tensor:
             k, v = self.self_attn.project_kv(h)
             if cache is not None:
-                if "k" in cache:  # earlier positions, (B, H, t, D/H)
-                    k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
+                k, v = cache.append(index, k, v)  # with the earlier positions, (N, H, t, D/H)
+            if cache is not None and cache.length > 0 and h.size(1) > 1:
+                raise ValueError("a block of new positions after cached ones is not supported; decode one at a time")
             # A single new query may see every cached key; a block of queries needs the causal mask.
             return self.self_attn.attend(h, k, v, causal=h.size(1) > 1)
 
         def cross_attention(h: torch.Tensor) -> torch.Tensor:
-            if cache is not None and "memory_k" in cache:
-                k, v = cache["memory_k"], cache["memory_v"]
-            else:
-                k, v = self.cross_attn.project_kv(memory)
-                if cache is not None:  # computed once per sentence, reused at every step
-                    cache["memory_k"], cache["memory_v"] = k, v
-            return self.cross_attn.attend(h, k, v, mask=src_mask)
+            state = cache.layers[index] if cache is not None else {}
+            if "memory_k" not in state:  # computed once per sentence, reused at every step
+                state["memory_k"], state["memory_v"] = self.cross_attn.project_kv(memory)
+            return self.cross_attn.attend(h, state["memory_k"], state["memory_v"], mask=src_mask)
 
         x = self.self_block(x, self_attention)
         x = self.cross_block(x, cross_attention)
@@ -180,9 +225,6 @@ class Transformer(nn.Module):
         self.encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.output = None if c.share_embeddings else nn.Linear(c.d_model, tgt_vocab_size, bias=False)
-        never_output = torch.zeros(tgt_vocab_size)
-        never_output[pad_id] = float("-inf")
-        self.register_buffer("logit_mask", never_output, persistent=False)  # added to the logits
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -208,14 +250,18 @@ class Transformer(nn.Module):
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
                cache: Optional[Cache] = None) -> torch.Tensor:
-        """tgt_in (B, T) -> logits (B, T, V). With a cache, tgt_in holds only the positions not yet seen."""
-        start = cache[0]["k"].size(2) if cache and "k" in cache[0] else 0
-        x = self.tgt_embed(tgt_in, start)
+        """tgt_in (N, T) -> logits (N, T, V). With a cache, tgt_in holds only the positions not yet seen,
+        and N may be a multiple of memory's B (`Cache.group` rows per sentence)."""
+        x = self.tgt_embed(tgt_in, cache.length if cache is not None else 0)
         for i, layer in enumerate(self.decoder):
-            x = layer(x, memory, src_mask, None if cache is None else cache[i])
+            x = layer(x, memory, src_mask, cache, i)
+        if cache is not None:
+            cache.length += tgt_in.size(1)
         x = self.decoder_norm(x)
         weight = self.tgt_embed.tokens.weight if self.output is None else self.output.weight
-        return F.linear(x, weight, self.logit_mask.to(x.dtype))  # (B, T, V), -inf at padding
+        logits = F.linear(x, weight)  # (B, T, V)
+        logits[..., self.pad_id] = float("-inf")  # padding is never an output (a column write, not a bias add)
+        return logits
 
     @torch.no_grad()
     def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> list[torch.Tensor]:
@@ -230,22 +276,13 @@ class Transformer(nn.Module):
             for attention in layers:
                 attention.recorded = None
 
-    def new_cache(self) -> Cache:
-        return [{} for _ in self.decoder]
+    def new_cache(self, group: int = 1, capacity: int = 64) -> Cache:
+        """An empty decoding cache: `group` decoder rows per sentence, room for `capacity` positions."""
+        return Cache(len(self.decoder), group, capacity)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory, src_mask = self.encode(src)
         return self.decode(tgt_in, memory, src_mask)
-
-
-def reorder_cache(cache: Cache, index: torch.Tensor, memory_too: bool = True) -> Cache:
-    """Select batch rows `index` of the cached tensors.
-
-    Beam search reorders hypotheses only within a sentence, whose rows share the same memory
-    keys/values, so it passes memory_too=False and skips copying them.
-    """
-    return [{name: t if (name.startswith("memory") and not memory_too) else t.index_select(0, index)
-             for name, t in layer.items()} for layer in cache]
 
 
 def count_parameters(model: nn.Module) -> int:

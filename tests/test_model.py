@@ -43,9 +43,33 @@ def test_incremental_decoding_equals_full_recompute(overrides: tuple[str, ...]) 
     src, tgt = batch()
     full = model(src, tgt)
     memory, src_mask = model.encode(src)
-    cache = model.new_cache()
-    steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache) for i in range(tgt.size(1))]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    for capacity in (64, 2):  # 2: the preallocated buffers must grow, keeping what they hold
+        cache = model.new_cache(capacity=capacity)
+        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache) for i in range(tgt.size(1))]
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_beam_rows_share_their_sentence_memory() -> None:
+    """Several decoder rows per sentence (a beam) against one memory row equal rows with copied memory."""
+    model = make_model("model.norm_first=false")
+    src, tgt = batch()
+    G = 3
+    memory, src_mask = model.encode(src)
+    shared, copied = model.new_cache(group=G), model.new_cache()
+    rows = tgt.repeat_interleave(G, 0)
+    rows[:, 1:] = torch.randint(4, V, rows[:, 1:].shape, generator=torch.Generator().manual_seed(3))
+    for i in range(tgt.size(1)):
+        a = model.decode(rows[:, i:i + 1], memory, src_mask, shared)
+        b = model.decode(rows[:, i:i + 1], memory.repeat_interleave(G, 0), src_mask.repeat_interleave(G, 0), copied)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    order = torch.tensor([2, 0, 1, 4, 5, 3])  # reorder within sentences 0 and 1, drop sentence 2
+    shared.reorder(order, torch.tensor([0, 1]))
+    copied.reorder(order, order)  # one row per sentence there
+    step = torch.full((6, 1), 7)
+    torch.testing.assert_close(model.decode(step, memory[:2], src_mask[:2], shared),
+                               model.decode(step, memory.repeat_interleave(G, 0)[order], src_mask.repeat_interleave(G, 0)[order], copied),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_causal_mask_hides_the_future() -> None:
