@@ -90,25 +90,25 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
     what the sentences still searching need. Returns the `nbest` best per sentence, best first.
     """
     B, K = src.size(0), beam
-    memory, src_mask = model.encode(src)  # one row per sentence; its K beam rows share it
-    limits = max_lens.repeat_interleave(K)
-    cache = model.new_cache(group=K, capacity=int(max_lens.max()))
-    tokens = torch.full((B * K, 1), model.start_id, dtype=torch.long, device=src.device)
-    scores = torch.full((B, K), float("-inf"), device=src.device)
-    scores[:, 0] = 0.0  # all beams start identical; keep one so candidates are not duplicated
+    memory, src_mask = model.encode(src)  # one row per sentence; its beam rows share it
+    # The first step has one row per sentence (all K beams would be the same); it spreads to K rows.
+    R, limits = 1, max_lens.clone()  # R decoder rows per sentence; limits per row
+    cache = model.new_cache(group=R, capacity=int(max_lens.max()))
+    tokens = torch.full((B, 1), model.start_id, dtype=torch.long, device=src.device)
+    scores = torch.zeros(B, R, device=src.device)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     alive = torch.arange(B, device=src.device)  # input index of each sentence still searched
     shortest = int(limits.min())
     for step in range(int(max_lens.max())):
         n = alive.numel()
-        # The best 2K continuations of each row hold the sentence's best 2K over all K rows.
+        # The best 2K continuations of each row hold the sentence's best 2K over all its rows.
         values, candidates = _step_candidates(model, tokens[:, -1:], memory, src_mask, cache,
                                               _at_limit(step, limits, shortest), 2 * K)
         C = values.size(1)
-        top_scores, top_index = (scores.view(-1, 1) + values).view(n, K * C).topk(2 * K, dim=1)
-        top_beam, top_token = top_index // C, candidates.view(n, K * C).gather(1, top_index)  # (n, 2K), best first
+        top_scores, top_index = (scores.view(-1, 1) + values).view(n, R * C).topk(min(2 * K, R * C), dim=1)
+        top_beam, top_token = top_index // C, candidates.view(n, R * C).gather(1, top_index)  # (n, 2K), best first
         is_eos = top_token == EOS_ID
-        offsets = torch.arange(n, device=src.device)[:, None] * K
+        offsets = torch.arange(n, device=src.device)[:, None] * R
         _finish(finished, alive, tokens, offsets + top_beam, top_scores, is_eos, K, step + 1, length_penalty)
         searching = torch.tensor([len(finished[i]) < K for i in alive.tolist()], device=src.device)
         if not searching.any():
@@ -123,8 +123,10 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
         tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)
         # Rows move only within a sentence; the memory rows change only when sentences leave.
         cache.reorder(rows, kept)
-        if kept is not None:
-            memory, src_mask, limits = memory[kept], src_mask[kept], limits[rows]
+        cache.group = R = K
+        limits = limits[rows]
+        if kept is not None or step == 0:
+            memory, src_mask = (memory[kept], src_mask[kept]) if kept is not None else (memory, src_mask)
             shortest = int(limits.min())
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 

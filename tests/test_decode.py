@@ -76,10 +76,10 @@ def test_beam_one_equals_greedy() -> None:
 @torch.no_grad()
 def test_beam_search_matches_reference() -> None:
     model, srcs = make_model(3), sources(5, seed=4)
-    limits = torch.tensor([7] * len(srcs))
+    limits = torch.tensor([7, 5, 8, 6, 7])  # sentences end at different steps and leave the batch
     hyps = beam_search(model, padded(srcs), limits, beam=4, length_penalty=0.8, nbest=4)
-    for src, found in zip(srcs, hyps):
-        expected = reference_beam(model, src, beam=4, max_len=7, alpha=0.8)
+    for src, limit, found in zip(srcs, limits.tolist(), hyps):
+        expected = reference_beam(model, src, beam=4, max_len=limit, alpha=0.8)
         assert [h.tokens for h in found] == [tokens for tokens, _ in expected]
         for h, (_, score) in zip(found, expected):
             assert math.isclose(h.score, score, rel_tol=1e-4, abs_tol=1e-4)
