@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,8 +27,32 @@ import torch
 from nmt import Translator
 from nmt.data import pad, read_lines
 from nmt.evaluate import bleu
-from nmt.export import export_hf
+from nmt.export import export_hf, exported_id, nmt_id
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+class PeakRSS:
+    """Samples this process's resident memory every few milliseconds while the block runs (Linux)."""
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int, batch_size: int,
@@ -38,6 +63,7 @@ def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int
     if bf16:
         model = model.to(torch.bfloat16)
     d, tok = translator.config.decode, translator.tokenizer
+    V = tok.tgt_vocab_size  # the export orders the vocabulary as Marian does (padding last)
 
     @torch.no_grad()
     def run(lines: list[str]) -> list[str]:
@@ -47,13 +73,14 @@ def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int
         out: list[str] = [""] * len(ids)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            src = pad([ids[i] + [EOS_ID] for i in chunk]).to(device)
+            src = pad([[exported_id(t, V) for t in ids[i] + [EOS_ID]] for i in chunk], exported_id(PAD_ID, V)).to(device)
             longest = src.size(1)
-            generated = model.generate(input_ids=src, attention_mask=src != PAD_ID, num_beams=beam, do_sample=False,
-                                       early_stopping=True, length_penalty=d.length_penalty,
+            generated = model.generate(input_ids=src, attention_mask=src != exported_id(PAD_ID, V), num_beams=beam,
+                                       do_sample=False, early_stopping=True, length_penalty=d.length_penalty,
                                        max_new_tokens=min(int(d.max_len_a * (longest - 1)) + d.max_len_b, limit),
-                                       suppress_tokens=[PAD_ID, BOS_ID])
-            rows = [[t for t in row if t not in (PAD_ID, BOS_ID, EOS_ID)] for row in generated.tolist()]
+                                       suppress_tokens=[exported_id(BOS_ID, V)])
+            rows = [[t for t in (nmt_id(e, V) for e in row) if t not in (PAD_ID, BOS_ID, EOS_ID)]
+                    for row in generated.tolist()]
             for index, text in zip(chunk, tok.decode_tgt(rows)):
                 out[index] = text
         return out
@@ -73,8 +100,10 @@ def ct2_engine(out: Path, work: Path, translator: Translator, compute_type: str,
 
     def run(lines: list[str]) -> list[str]:
         pieces = [tok.src.encode(line, out_type=str) + ["</s>"] for line in lines]
+        # nmt's limit a * length + b counts EOS; CTranslate2's does not. Neither produces BOS.
         results = engine.translate_batch(pieces, beam_size=beam, max_batch_size=batch_size, length_penalty=d.length_penalty,
-                                         max_decoding_length=int(d.max_len_a * max(len(p) for p in pieces)) + d.max_len_b)
+                                         max_decoding_length=int(d.max_len_a * max(len(p) - 1 for p in pieces)) + d.max_len_b - 1,
+                                         suppress_sequences=[["<s>"]])
         return [tok.tgt.decode_pieces([p for p in r.hypotheses[0] if p != "</s>"]) for r in results]
     return run
 
@@ -118,13 +147,23 @@ def main() -> None:
 
     seconds = {name: 0.0 for name in engines}
     outputs: dict[str, list[str]] = {}
-    peak_rss = {}
+    memory: dict[str, dict[str, int]] = {name: {} for name in engines}
     for _ in range(args.rounds):
         for name, run in engines.items():
-            start = time.perf_counter()
-            outputs[name] = run(src)
-            seconds[name] += time.perf_counter() - start
-            peak_rss[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            with PeakRSS() as rss:
+                start = time.perf_counter()
+                outputs[name] = run(src)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds[name] += time.perf_counter() - start
+            mib = memory[name]
+            # All engines live in one process: the growth over the resident size before the run is this engine's.
+            mib["peak_rss_growth_mib"] = max(mib.get("peak_rss_growth_mib", 0), round((rss.peak - rss.start) / 2**20))
+            if device.type == "cuda" and not name.startswith("ct2"):
+                mib["peak_cuda_allocated_mib"] = max(mib.get("peak_cuda_allocated_mib", 0),
+                                                     round(torch.cuda.max_memory_allocated() / 2**20))
     result: dict = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"
         else torch.cuda.get_device_name(),
@@ -136,11 +175,13 @@ def main() -> None:
         target_tokens = sum(len(ids) + 1 for ids in ours.tokenizer.encode_tgt(outputs[name]))
         result["engines"][name] = {"sentences_per_s": round(len(src) / per_round, 1),
                                    "target_tokens_per_s": round(target_tokens / per_round),
-                                   "process_peak_rss_mib_after": peak_rss[name], "bleu": round(bleu(outputs[name], refs), 2)}
+                                   **memory[name], "bleu": round(bleu(outputs[name], refs), 2)}
     rows = result["engines"]
     result["ratio_nmt_over_hf"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["hf_fp32"]["sentences_per_s"], 2)
     if "ct2_fp32" in rows:
         result["ratio_nmt_over_ct2_fp32"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["ct2_fp32"]["sentences_per_s"], 2)
+    if "ct2_int8" in rows and "nmt_int8" in rows:
+        result["ratio_nmt_int8_over_ct2_int8"] = round(rows["nmt_int8"]["sentences_per_s"] / rows["ct2_int8"]["sentences_per_s"], 2)
     result["bleu_gap_nmt_minus_hf"] = round(rows["nmt_fp32"]["bleu"] - rows["hf_fp32"]["bleu"], 2)
     print(json.dumps(result, indent=2))
     if args.json:
