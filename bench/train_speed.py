@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per engine per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per engine before the first round")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true", help="also time nmt with train.compile (torch.compile)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -144,9 +145,13 @@ def main() -> None:
     trainer = Trainer(ours, config.train, work, corpus, device=device)
     theirs = HFLoop(marian(config, tokenizer.src_vocab_size), config, corpus, device, bf16)
     engines = {"nmt": lambda b: trainer._update([b]), "hf": theirs.step}
+    if args.compile:
+        torch.manual_seed(1)
+        twin = Transformer(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+        compiled = Trainer(twin, replace(config.train, compile=True), work / "compiled", corpus, device=device)
+        engines["nmt_compiled"] = lambda b: compiled._update([b])
 
-    for run in engines.values():
-        timed(run, batches[: args.warmup], corpus, device)
+    warmup_seconds = {name: round(timed(run, batches[: args.warmup], corpus, device)[0], 1) for name, run in engines.items()}
     totals = {name: [0.0, 0] for name in engines}
     peaks = {}
     for r in range(args.rounds):
@@ -165,12 +170,15 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "device": args.device, "shape": shape,
         "precision": "bf16" if bf16 else "fp32", "max_tokens": max_tokens, "steps_timed": args.rounds * args.steps,
         "parameters": count_parameters(ours), "command": " ".join(sys.argv),
+        "warmup_seconds": warmup_seconds,  # the first steps, compiling included
     }
     for name, (seconds, n) in totals.items():
         result[f"{name}_tokens_per_s"] = round(n / seconds)
         if name in peaks:
             result[f"{name}_peak_memory_mib"] = round(peaks[name] / 2 ** 20)
     result["ratio_nmt_over_hf"] = round(result["nmt_tokens_per_s"] / result["hf_tokens_per_s"], 3)
+    if args.compile:
+        result["ratio_nmt_compiled_over_hf"] = round(result["nmt_compiled_tokens_per_s"] / result["hf_tokens_per_s"], 3)
     if device.type == "cpu":
         result["process_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     else:

@@ -92,6 +92,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu or cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    compile: bool = False  # torch.compile the model (dynamic shapes): slower first steps, faster after
 
 
 @dataclass(frozen=True)

@@ -249,15 +249,21 @@ class Transformer(nn.Module):
         return self.encoder_norm(x), src_mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               cache: Optional[Cache] = None) -> torch.Tensor:
+               cache: Optional[Cache] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tgt_in (N, T) -> logits (N, T, V). With a cache, tgt_in holds only the positions not yet seen,
-        and N may be a multiple of memory's B (`Cache.group` rows per sentence)."""
+        and N may be a multiple of memory's B (`Cache.group` rows per sentence).
+
+        With `keep` (N, T) boolean, only those positions are projected onto the vocabulary: logits (n, V).
+        Training passes the non-padding targets, so no work is spent on padded positions' logits.
+        """
         x = self.tgt_embed(tgt_in, cache.length if cache is not None else 0)
         for i, layer in enumerate(self.decoder):
             x = layer(x, memory, src_mask, cache, i)
         if cache is not None:
             cache.length += tgt_in.size(1)
         x = self.decoder_norm(x)
+        if keep is not None:
+            x = x[keep]
         weight = self.tgt_embed.tokens.weight if self.output is None else self.output.weight
         logits = F.linear(x, weight)  # (B, T, V)
         logits[..., self.pad_id] = float("-inf")  # padding is never an output (a column write, not a bias add)
@@ -280,9 +286,9 @@ class Transformer(nn.Module):
         """An empty decoding cache: `group` decoder rows per sentence, room for `capacity` positions."""
         return Cache(len(self.decoder), group, capacity)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         memory, src_mask = self.encode(src)
-        return self.decode(tgt_in, memory, src_mask)
+        return self.decode(tgt_in, memory, src_mask, keep=keep)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed label-smoothed cross-entropy and summed NLL over non-padding targets.
 
-    logits (B, T, V), target (B, T). Smoothing spreads `smoothing` of the mass uniformly over the
+    logits (..., V), target (...) of the same leading shape. Smoothing spreads `smoothing` of the mass uniformly over the
     vocabulary but padding (Szegedy et al., 2016), as in the transformer paper: the model gives
     padding a -inf logit, so it is no class. One log-softmax serves both sums: the (B*T, V)
     log-probabilities are the largest tensor of a step, so they are made once.
@@ -89,6 +89,8 @@ class Trainer:
         # Under torchrun the model runs wrapped in DDP, which averages gradients over ranks.
         self.net = model if self.world == 1 else DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.compile:  # dynamic shapes: batches of new lengths do not recompile
+            self.net = torch.compile(self.net, dynamic=True)
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay, eps=1e-8, fused=fused or None)
@@ -198,8 +200,9 @@ class Trainer:
             x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
             last = index == len(inputs) - 1
             with self._autocast(), (nullcontext() if last or self.world == 1 else self.net.no_sync()):
-                logits = self.net(x["src"], x["tgt_in"])
-                loss, nll = label_smoothed_loss(logits, x["tgt_out"], self.config.label_smoothing)
+                targets = x["tgt_out"] != PAD_ID
+                logits = self.net(x["src"], x["tgt_in"], targets)  # (targets, V): padded positions skipped
+                loss, nll = label_smoothed_loss(logits, x["tgt_out"][targets], self.config.label_smoothing)
                 (loss * self.world / n_target).backward()
             total_loss += float(loss.detach())
             total_nll += float(nll)

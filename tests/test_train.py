@@ -164,10 +164,10 @@ def test_out_of_memory_splits_the_batch(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "train.max_steps=3", "model.dropout=0.0")
     real_forward = trainer.model.forward
 
-    def small_batches_only(src, tgt_in):
+    def small_batches_only(src, tgt_in, keep=None):
         if src.size(0) > 8:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(src, tgt_in)
+        return real_forward(src, tgt_in, keep)
 
     trainer.model.forward = small_batches_only
     trainer.train()
@@ -193,3 +193,13 @@ def test_average_of_the_last_checkpoints(tmp_path: Path) -> None:
     assert checkpoint.inference_checkpoint(tmp_path) != averaged
     with pytest.raises(CheckpointError, match="holds 3 step checkpoints, cannot average the last 4"):
         checkpoint.average_checkpoints(tmp_path, 4)
+
+
+def test_compiled_training_matches_eager(tmp_path: Path) -> None:
+    pytest.importorskip("torch._inductor")
+    eager = make_trainer(tmp_path / "eager", "model.dropout=0.0")
+    compiled = make_trainer(tmp_path / "compiled", "model.dropout=0.0", "train.compile=true")
+    for batch in (list(range(16)), list(range(16, 40))):  # two shapes: dynamic, no recompile needed
+        a, b = eager._update([batch]), compiled._update([batch])
+        assert a is not None and b is not None
+        assert b[0] == pytest.approx(a[0], rel=1e-4) and b[2:] == a[2:]
