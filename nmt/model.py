@@ -264,8 +264,8 @@ class Transformer(nn.Module):
         x = self.decoder_norm(x)
         if keep is not None:
             x = x[keep]
-        weight = self.tgt_embed.tokens.weight if self.output is None else self.output.weight
-        logits = F.linear(x, weight)  # (B, T, V)
+        # A module call when there is an output layer, so that int8 quantization can replace it.
+        logits = F.linear(x, self.tgt_embed.tokens.weight) if self.output is None else self.output(x)  # (B, T, V)
         logits[..., self.pad_id] = float("-inf")  # padding is never an output (a column write, not a bias add)
         return logits
 

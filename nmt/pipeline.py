@@ -184,6 +184,9 @@ class Translator:
         if quantize is not None:
             if quantize != "int8" or torch_device.type != "cpu":
                 raise ConfigError(f"--quantize {quantize!r}: only int8 on --device cpu is supported")
+            if model.output is None:  # the tied output projection is the largest matmul: quantize a copy of it too
+                model.output = torch.nn.Linear(model.config.d_model, tokenizer.tgt_vocab_size, bias=False)
+                model.output.weight = torch.nn.Parameter(model.tgt_embed.tokens.weight.detach().clone())
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         return cls(model, tokenizer, config, torch_device)
 
