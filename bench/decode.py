@@ -126,9 +126,9 @@ def main() -> None:
     out = export_hf(args.model, work / "hf")
     ours = Translator.load(args.model, device=args.device)
     engines: dict[str, Callable[[list[str]], list[str]]] = {"nmt_fp32": lambda x: ours.translate(x, beam=args.beam)}
-    if device.type == "cpu":
-        small = Translator.load(args.model, device="cpu", quantize="int8")
-        engines["nmt_int8"] = lambda x: small.translate(x, beam=args.beam)
+    # int8 on CPU, bf16 on CUDA: each device's reduced-precision mode.
+    small = Translator.load(args.model, device=args.device, quantize="int8" if device.type == "cpu" else "bf16")
+    engines["nmt_int8" if device.type == "cpu" else "nmt_bf16"] = lambda x: small.translate(x, beam=args.beam)
     engines["hf_fp32"] = hf_engine(out, ours, device, args.beam, args.batch_size, bf16=False)
     if device.type == "cuda":
         engines["hf_bf16"] = hf_engine(out, ours, device, args.beam, args.batch_size, bf16=True)

@@ -75,7 +75,8 @@ def translate(
     beam: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy); default: the model's decode.beam.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     nbest: Annotated[int, typer.Option(help="Hypotheses per line; above 1 prints 'INDEX ||| TEXT ||| SCORE' lines.")] = 1,
-    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 quantization of linear layers (CPU).")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 quantization of linear layers (CPU); "
+                                                         "bf16: bfloat16 weights and activations (GPU).")] = None,
 ) -> None:
     """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
     from nmt.pipeline import translate_file
@@ -92,7 +93,7 @@ def evaluate(
     beam: Annotated[Optional[int], typer.Option(help="Beam size with --model; default: the model's decode.beam.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (with --model).")] = "auto",
     output: Annotated[Optional[Path], typer.Option(help="Also write the translations here (with --model).")] = None,
-    quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 quantization (with --model, CPU).")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8 (CPU) or bf16 (GPU) inference, with --model.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object with scores and signatures.")] = False,
 ) -> None:
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures).

@@ -170,7 +170,11 @@ class Translator:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "auto", quantize: Optional[str] = None) -> "Translator":
-        """Load a run directory; quantize="int8" applies dynamic int8 quantization to the linear layers (CPU)."""
+        """Load a run directory for translation.
+
+        quantize="int8" applies dynamic int8 quantization to the linear layers (CPU); "bf16" runs the
+        model in bfloat16 (for GPUs; beam scores are still accumulated in fp32).
+        """
         model_dir = Path(model_dir)
         config_path = model_dir / CONFIG_FILE
         if not config_path.is_file():
@@ -181,9 +185,11 @@ class Translator:
         model = build_model(config, tokenizer)
         checkpoint.load_checkpoint_weights(model, checkpoint.inference_checkpoint(model_dir))
         model = model.to(torch_device).eval()
-        if quantize is not None:
+        if quantize == "bf16":
+            model = model.to(torch.bfloat16)
+        elif quantize is not None:
             if quantize != "int8" or torch_device.type != "cpu":
-                raise ConfigError(f"--quantize {quantize!r}: only int8 on --device cpu is supported")
+                raise ConfigError(f"--quantize {quantize!r}: int8 (on --device cpu) or bf16 are supported")
             if model.output is None:  # the tied output projection is the largest matmul: quantize a copy of it too
                 model.output = torch.nn.Linear(model.config.d_model, tokenizer.tgt_vocab_size, bias=False)
                 model.output.weight = torch.nn.Parameter(model.tgt_embed.tokens.weight.detach().clone())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from nmt import Translator
 from nmt.errors import CheckpointError, ConfigError
@@ -26,6 +27,13 @@ def test_translator_load_errors(tmp_path: Path) -> None:
         Translator.load(tmp_path)
 
 
+def test_bf16_translator(untrained_model: Path) -> None:
+    half = Translator.load(untrained_model, device="cpu", quantize="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in half.model.parameters())
+    lines = ["ka lu mi", "ze bo", ""]
+    assert [len(h) for h in half.translate_nbest(lines, nbest=2, beam=2)] == [2, 2, 1]
+
+
 def test_int8_quantized_translator(untrained_model: Path) -> None:
     full = Translator.load(untrained_model, device="cpu")
     small = Translator.load(untrained_model, device="cpu", quantize="int8")
@@ -33,5 +41,5 @@ def test_int8_quantized_translator(untrained_model: Path) -> None:
     out = small.translate(lines, beam=2)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
     assert sum(p.numel() for p in small.model.parameters()) < sum(p.numel() for p in full.model.parameters())
-    with pytest.raises(ConfigError, match="only int8"):
+    with pytest.raises(ConfigError, match="int8 .on --device cpu. or bf16"):
         Translator.load(untrained_model, device="cpu", quantize="int4")
