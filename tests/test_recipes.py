@@ -1,0 +1,45 @@
+"""The Multi30k recipe script end to end on a toy corpus (tiny model, a few updates)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import toy_pairs
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "multi30k.sh"
+
+
+def run_recipe(*args: str) -> subprocess.CompletedProcess:
+    # The venv's bin first, so the script's `nmt` and `python` are this interpreter's.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(RECIPE), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_recipe_end_to_end(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in (("train", 600, 1), ("val", 30, 2), ("test_2016_flickr", 30, 3)):
+        src, tgt = toy_pairs(n, seed)
+        (data / f"{name}.xx").write_text("\n".join(src) + "\n", encoding="utf-8")
+        (data / f"{name}.yy").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    run_dir = tmp_path / "run"
+    result = run_recipe("--src", "xx", "--tgt", "yy", "--data-dir", str(data), "--run-dir", str(run_dir),
+                        "--set", "model.preset=tiny", "--set", "tokenizer.vocab_size=64", "--set", "train.max_steps=40",
+                        "--set", "train.save_every=10", "--set", "train.valid_every=20", "--set", "train.threads=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["pair"] == "xx-yy" and line["profile"] == "cpu" and line["sentences"] == 30
+    assert set(line["val_bleu"]) == {"none", "last4"}  # 4 checkpoints kept at most 40 / 10; last8 is skipped
+    assert line["average"] in line["val_bleu"] and line["bleu_signature"].startswith("nrefs:1|case:mixed")
+    assert (run_dir / "test_2016_flickr.hyp.yy").is_file()
+
+
+def test_recipe_refuses_bad_arguments(tmp_path: Path) -> None:
+    bad = run_recipe("--src", "en", "--tgt", "fr", "--run-dir", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "give --data-dir for en-fr" in bad.stderr
+    bad = run_recipe("--profile", "tpu", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "--profile must be cpu or gpu" in bad.stderr
