@@ -1,12 +1,13 @@
 """Decoding speed on identical weights: nmt against Hugging Face `generate` and CTranslate2.
 
 Exports the model to a MarianMT directory, converts that for CTranslate2 (when installed), then
-decodes the same sentences with beam 5 by every engine, in alternating rounds, and reports
-sentences/s, target tokens/s, process peak memory after each engine, and sacreBLEU.
+decodes the same sentences with beam 5 by every engine, each pass in a process of its own (loading
+and a short warm-up untimed), engines alternating within each round, and reports sentences/s,
+target tokens/s, the peak memory of each engine's process, and sacreBLEU.
 
     python bench/decode.py --model RUN_DIR --src test.en --ref test.de --device cpu --json bench/decode_cpu.json
 
-Needs `pip install 'nmt[export]'` (transformers) and, for the CTranslate2 rows, `pip install ctranslate2`.
+Needs `pip install 'nmt[export]'` (transformers and ctranslate2; without ctranslate2 its rows are left out).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import os
+import resource
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,30 +30,6 @@ from nmt.data import pad, read_lines
 from nmt.evaluate import bleu
 from nmt.export import export_hf, exported_id, nmt_id
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
-
-
-class PeakRSS:
-    """Samples this process's resident memory every few milliseconds while the block runs (Linux)."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int, batch_size: int,
@@ -108,6 +85,47 @@ def ct2_engine(out: Path, work: Path, translator: Translator, compute_type: str,
     return run
 
 
+def engine_names(device: torch.device) -> list[str]:
+    # int8 on CPU, bf16 on CUDA: each device's reduced-precision mode; CTranslate2 rows on CPU.
+    if device.type == "cpu":
+        return ["nmt_fp32", "nmt_int8", "hf_fp32", "ct2_fp32", "ct2_int8"]
+    return ["nmt_fp32", "nmt_bf16", "hf_fp32", "hf_bf16"]
+
+
+def build_engine(name: str, args: argparse.Namespace, work: Path) -> Callable[[list[str]], list[str]]:
+    device = torch.device(args.device)
+    ours = Translator.load(args.model, device=args.device)
+    if name.startswith("nmt"):
+        quantize = {"nmt_fp32": None, "nmt_int8": "int8", "nmt_bf16": "bf16"}[name]
+        translator = Translator.load(args.model, device=args.device, quantize=quantize) if quantize else ours
+        return lambda lines: translator.translate(lines, beam=args.beam)
+    if name.startswith("hf"):
+        return hf_engine(work / "hf", ours, device, args.beam, args.batch_size, bf16=name == "hf_bf16")
+    compute_type = {"ct2_fp32": "float32", "ct2_int8": "int8"}[name]
+    return ct2_engine(work / "hf", work, ours, compute_type, args.beam, args.batch_size, torch.get_num_threads())
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One engine, one pass over the sentences, in a process of its own: prints seconds and peak memory."""
+    src = read_lines(args.src)[: args.limit]
+    run = build_engine(args.worker, args, args.work)
+    run(src[:20])  # warm up: first-call allocations, thread pools
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    outputs = run(src)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    (args.work / f"{args.worker}.out").write_text("".join(line + "\n" for line in outputs), encoding="utf-8")
+    memory = {"process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if device.type == "cuda" and not args.worker.startswith("ct2"):
+        memory["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    print(json.dumps({"seconds": seconds, **memory}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="run directory of a post-norm model")
@@ -119,58 +137,48 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the whole set")
     parser.add_argument("--limit", type=int, default=1000, help="sentences used")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one engine
+    parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
     device = torch.device(args.device)
     src, refs = read_lines(args.src)[: args.limit], read_lines(args.ref)[: args.limit]
     work = Path(tempfile.mkdtemp(prefix="nmt-decode-"))
-    out = export_hf(args.model, work / "hf")
-    ours = Translator.load(args.model, device=args.device)
-    engines: dict[str, Callable[[list[str]], list[str]]] = {"nmt_fp32": lambda x: ours.translate(x, beam=args.beam)}
-    # int8 on CPU, bf16 on CUDA: each device's reduced-precision mode.
-    small = Translator.load(args.model, device=args.device, quantize="int8" if device.type == "cpu" else "bf16")
-    engines["nmt_int8" if device.type == "cpu" else "nmt_bf16"] = lambda x: small.translate(x, beam=args.beam)
-    engines["hf_fp32"] = hf_engine(out, ours, device, args.beam, args.batch_size, bf16=False)
-    if device.type == "cuda":
-        engines["hf_bf16"] = hf_engine(out, ours, device, args.beam, args.batch_size, bf16=True)
-    skipped = {}
+    export_hf(args.model, work / "hf")
+    ours = Translator.load(args.model, device="cpu")
+    names, skipped = engine_names(device), {}
     try:
-        for compute_type in ("float32", "int8"):
-            if device.type == "cpu":
-                engines[f"ct2_{compute_type.replace('float', 'fp')}"] = ct2_engine(
-                    out, work, ours, compute_type, args.beam, args.batch_size, torch.get_num_threads())
+        import ctranslate2  # noqa: F401
     except ImportError:
-        skipped["ct2"] = "ctranslate2 not installed"
-    except ValueError as exc:  # the converter's own checks, e.g. its Marian vocabulary conventions
-        skipped["ct2"] = f"conversion failed: {exc}"
+        names, skipped["ct2"] = [n for n in names if not n.startswith("ct2")], "ctranslate2 not installed"
     for name, why in skipped.items():
         print(f"{name} rows left out: {why}", file=sys.stderr)
 
-    seconds = {name: 0.0 for name in engines}
-    outputs: dict[str, list[str]] = {}
-    memory: dict[str, dict[str, int]] = {name: {} for name in engines}
+    # Every engine runs in a process of its own, engines alternating within each round, so one
+    # engine's thread pool or allocator cannot slow the next; loading is not timed.
+    seconds = {name: 0.0 for name in names}
+    memory: dict[str, dict[str, int]] = {name: {} for name in names}
+    base = [sys.executable, __file__, "--model", str(args.model), "--src", str(args.src), "--ref", str(args.ref),
+            "--device", args.device, "--beam", str(args.beam), "--batch-size", str(args.batch_size),
+            "--limit", str(args.limit), "--work", str(work)]
     for _ in range(args.rounds):
-        for name, run in engines.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            with PeakRSS() as rss:
-                start = time.perf_counter()
-                outputs[name] = run(src)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds[name] += time.perf_counter() - start
-            mib = memory[name]
-            # All engines live in one process: the growth over the resident size before the run is this engine's.
-            mib["peak_rss_growth_mib"] = max(mib.get("peak_rss_growth_mib", 0), round((rss.peak - rss.start) / 2**20))
-            if device.type == "cuda" and not name.startswith("ct2"):
-                mib["peak_cuda_allocated_mib"] = max(mib.get("peak_cuda_allocated_mib", 0),
-                                                     round(torch.cuda.max_memory_allocated() / 2**20))
+        for name in names:
+            done = subprocess.run(base + ["--worker", name], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+            found = json.loads(done.stdout.strip().splitlines()[-1])
+            seconds[name] += found.pop("seconds")
+            for key, value in found.items():
+                memory[name][key] = max(memory[name].get(key, 0), value)
+    outputs = {name: read_lines(work / f"{name}.out") for name in names}
     result: dict = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads" if device.type == "cpu"
         else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "beam": args.beam, "sentences": len(src),
         "rounds": args.rounds, "command": " ".join(sys.argv), "engines": {}, "skipped": skipped,
     }
-    for name in engines:
+    for name in names:
         per_round = seconds[name] / args.rounds
         target_tokens = sum(len(ids) + 1 for ids in ours.tokenizer.encode_tgt(outputs[name]))
         result["engines"][name] = {"sentences_per_s": round(len(src) / per_round, 1),
@@ -182,6 +190,8 @@ def main() -> None:
         result["ratio_nmt_over_ct2_fp32"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["ct2_fp32"]["sentences_per_s"], 2)
     if "ct2_int8" in rows and "nmt_int8" in rows:
         result["ratio_nmt_int8_over_ct2_int8"] = round(rows["nmt_int8"]["sentences_per_s"] / rows["ct2_int8"]["sentences_per_s"], 2)
+    if "hf_bf16" in rows:
+        result["ratio_nmt_bf16_over_hf_bf16"] = round(rows["nmt_bf16"]["sentences_per_s"] / rows["hf_bf16"]["sentences_per_s"], 2)
     result["bleu_gap_nmt_minus_hf"] = round(rows["nmt_fp32"]["bleu"] - rows["hf_fp32"]["bleu"], 2)
     print(json.dumps(result, indent=2))
     if args.json:
