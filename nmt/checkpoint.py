@@ -113,6 +113,27 @@ def save_best(run_dir: Path, step: int, model: Transformer, metadata: dict[str, 
     return final
 
 
+def save_ema(run_dir: Path, step: int, ema: Transformer) -> Path:
+    """Write the moving average of the weights as checkpoints/ema_STEP, pointed at by `ema`."""
+    root = checkpoint_dir(run_dir)
+    final = _write_dir(root, f"ema_{step:08d}", ema, None, {"step": str(step), "ema": "true"})
+    _point(root, "ema", final)
+    for old in root.glob("ema_*"):
+        if old.is_dir() and old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def use_ema(run_dir: Path) -> Path:
+    """Make translate and eval use the moving average of the weights (in place of an average)."""
+    root = checkpoint_dir(run_dir)
+    found = _pointed(root, "ema")
+    if found is None:
+        raise CheckpointError(f"{root} holds no moving average of the weights (train with train.ema_decay > 0)")
+    _point(root, "average", found)
+    return found
+
+
 def step_checkpoints(run_dir: Path) -> list[Path]:
     """The complete step checkpoint directories of a run, oldest first."""
     return sorted(p for p in checkpoint_dir(run_dir).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))

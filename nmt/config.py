@@ -93,6 +93,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     compile: bool = False  # torch.compile the model (dynamic shapes): slower first steps, faster after
+    ema_decay: float = 0.0  # keep an exponential moving average of the weights (e.g. 0.9995); 0 disables
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ def validate(config: Config) -> None:
         (t.valid_every > 0 and t.save_every > 0 and t.log_every > 0, "train.valid_every, save_every and log_every must be > 0"),
         (t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}"),
         (t.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {t.max_nonfinite}"),
+        (0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}"),
         (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
         (t.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16, got {t.precision!r}"),
         (d.beam >= 1, f"decode.beam must be >= 1, got {d.beam}"),

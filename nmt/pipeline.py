@@ -279,14 +279,18 @@ def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path, beam: Option
 
 def select_average(model_dir: Path, lasts: Sequence[int], src_path: Path, ref_path: Path,
                    device: str = "auto") -> dict:
-    """Keep whichever scores best on a validation set: the model without averaging or an average of the last N.
+    """Keep whichever scores best on a validation set: the model without averaging, an average of the
+    last N, or the moving average of the weights when training kept one (train.ema_decay).
 
-    Returns {"bleu": {"none": ..., "last4": ...}, "chosen": name}; translate and eval then use the choice.
+    Returns {"bleu": {"none": ..., "ema": ..., "last4": ...}, "chosen": name}; translate and eval then use the choice.
     Choose on validation data only, never on a test set.
     """
     checkpoint.forget_average(model_dir)
     found = {"none": evaluate_model(model_dir, src_path, ref_path, device=device)["bleu"]}
     available = len(checkpoint.step_checkpoints(model_dir))
+    if (checkpoint.checkpoint_dir(model_dir) / "ema").is_file():  # train.ema_decay kept a moving average
+        checkpoint.use_ema(model_dir)
+        found["ema"] = evaluate_model(model_dir, src_path, ref_path, device=device)["bleu"]
     for last in lasts:
         if last > available:
             log.warning("%s holds %d step checkpoints; skipping the average of the last %d", model_dir, available, last)
@@ -295,6 +299,8 @@ def select_average(model_dir: Path, lasts: Sequence[int], src_path: Path, ref_pa
         found[f"last{last}"] = evaluate_model(model_dir, src_path, ref_path, device=device)["bleu"]
     chosen = max(found, key=lambda name: (found[name], name == "none"))  # ties keep the plain model
     checkpoint.forget_average(model_dir)
-    if chosen != "none":
+    if chosen == "ema":
+        checkpoint.use_ema(model_dir)
+    elif chosen != "none":
         checkpoint.average_checkpoints(model_dir, int(chosen[4:]))
     return {"bleu": found, "chosen": chosen}

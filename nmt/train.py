@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -96,6 +97,8 @@ class Trainer:
                                            weight_decay=config.weight_decay, eps=1e-8, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, inverse_sqrt(config.warmup_steps))
         self.progress = Progress()
+        # The moving average of the weights lives in a second model, so it saves and loads like one.
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if config.ema_decay else None
         self.src_lengths = [len(s) for s in corpus.src]
         self.tgt_lengths = [len(t) for t in corpus.tgt]
         self.metrics = run_dir / "metrics.jsonl"
@@ -110,6 +113,7 @@ class Trainer:
             "torch_rng": distributed.gather(torch.get_rng_state()),
             "cuda_rng": distributed.gather(torch.cuda.get_rng_state() if self.device.type == "cuda" else torch.zeros(0)),
             "python_rng": json.dumps(random.getstate()),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def resume(self, path: Path) -> None:
@@ -119,6 +123,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         if len(state["torch_rng"]) == self.world:
             torch.set_rng_state(state["torch_rng"][self.rank])
             if self.device.type == "cuda" and state["cuda_rng"][self.rank].numel():
@@ -136,6 +142,8 @@ class Trainer:
         state = self.state()
         if self.rank == 0:
             checkpoint.save_checkpoint(self.run_dir, self.progress.step, self.model, state, self.config.keep_last)
+            if self.ema is not None:
+                checkpoint.save_ema(self.run_dir, self.progress.step, self.ema)
 
     def _log(self, record: dict) -> None:
         if self.rank != 0:
@@ -186,6 +194,10 @@ class Trainer:
             return None
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for average, weight in zip(self.ema.parameters(), self.model.parameters()):
+                    average.lerp_(weight, 1.0 - self.config.ema_decay)
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss / n_target, total_nll / n_target, n_target, n_tokens
 

@@ -201,11 +201,14 @@ def test_average_command(trained: Path, tmp_path: Path, toy_corpus: Path) -> Non
 def test_average_chosen_on_validation(trained: Path, tmp_path: Path, toy_corpus: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
+    from nmt import Translator, checkpoint
+
+    checkpoint.save_ema(run_dir, 1, Translator.load(run_dir, device="cpu").model)  # as train.ema_decay would
     valid = ["--valid-src", toy_corpus / "valid.xx", "--valid-ref", toy_corpus / "valid.yy"]
     result = invoke("average", "--model", run_dir, "--last", "2", "--last", "3", *valid)
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
-    assert set(found["bleu"]) == {"none", "last2", "last3"}
+    assert set(found["bleu"]) == {"none", "ema", "last2", "last3"}
     assert found["bleu"][found["chosen"]] == max(found["bleu"].values())
     pointer = run_dir / "checkpoints" / "average"
     assert pointer.is_file() == (found["chosen"] != "none")

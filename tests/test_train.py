@@ -203,3 +203,20 @@ def test_compiled_training_matches_eager(tmp_path: Path) -> None:
         a, b = eager._update([batch]), compiled._update([batch])
         assert a is not None and b is not None
         assert b[0] == pytest.approx(a[0], rel=1e-4) and b[2:] == a[2:]
+
+
+def test_moving_average_of_the_weights(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, "model.dropout=0.0", "train.ema_decay=0.9")
+    expected = [p.detach().clone() for p in trainer.model.parameters()]
+    for batch in (list(range(16)), list(range(16, 32))):
+        assert trainer._update([batch]) is not None
+        expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, trainer.model.parameters())]
+    for found, wanted in zip(trainer.ema.parameters(), expected):
+        torch.testing.assert_close(found, wanted)
+    assert not all(torch.equal(a, b) for a, b in zip(trainer.ema.parameters(), trainer.model.parameters()))
+    trainer.save()  # the average goes into the trainer state (for resume) and into checkpoints/ema_*
+    again = make_trainer(tmp_path, "model.dropout=0.0", "train.ema_decay=0.9")
+    again.resume(checkpoint.latest_checkpoint(tmp_path))
+    assert all(torch.equal(a, b) for a, b in zip(again.ema.parameters(), trainer.ema.parameters()))
+    assert checkpoint.use_ema(tmp_path) == checkpoint.inference_checkpoint(tmp_path)
+    assert checkpoint.inference_checkpoint(tmp_path).name.startswith("ema_")
