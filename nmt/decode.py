@@ -10,7 +10,7 @@ import torch
 
 from nmt.config import DecodeConfig
 from nmt.data import pad
-from nmt.model import Transformer
+from nmt.model import Cache, Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -18,13 +18,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Hypothesis:
-    tokens: list[int]  # target ids without BOS and EOS
+    tokens: list[int]  # target ids without the start token and EOS
     score: float  # log_prob / length**length_penalty, the value beams are ranked by
     log_prob: float  # sum of token log-probabilities, EOS included
 
 
 def _step_candidates(model: Transformer, last: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-                     cache: list, at_limit: Optional[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     cache: Cache, at_limit: Optional[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best next tokens of each row, (N, k) log-probabilities and ids, best first.
 
     No (N, V) log-probability tensor is made: the tokens with the best logits are the ones with the
