@@ -93,7 +93,7 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
     memory, src_mask = model.encode(src)  # one row per sentence; its beam rows share it
     # The first step has one row per sentence (all K beams would be the same); it spreads to K rows.
     R, limits = 1, max_lens.clone()  # R decoder rows per sentence; limits per row
-    cache = model.new_cache(group=R, capacity=int(max_lens.max()))
+    cache = model.new_cache(capacity=int(max_lens.max()))
     tokens = torch.full((B, 1), model.start_id, dtype=torch.long, device=src.device)
     scores = torch.zeros(B, R, device=src.device)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
@@ -123,7 +123,7 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
         tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)
         # Rows move only within a sentence; the memory rows change only when sentences leave.
         cache.reorder(rows, kept)
-        cache.group = R = K
+        R = K
         limits = limits[rows]
         if kept is not None or step == 0:
             memory, src_mask = (memory[kept], src_mask[kept]) if kept is not None else (memory, src_mask)

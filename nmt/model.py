@@ -29,13 +29,14 @@ class Cache:
 
     Self-attention keys/values go into buffers allocated for `capacity` positions (grown by doubling
     if a longer output comes), so a step writes one position instead of concatenating the history.
-    Cross-attention keys/values are computed once, one row per sentence; the decoder may run `group`
-    rows per sentence (the beam), whose queries then attend to their sentence's memory together.
+    Cross-attention keys/values are computed once, one row per sentence; the decoder may run several
+    rows per sentence (the beam: decoder rows a multiple G of memory rows, each sentence's G rows
+    together), whose queries then attend to their sentence's memory together.
     """
 
-    def __init__(self, n_layers: int, group: int = 1, capacity: int = 64) -> None:
+    def __init__(self, n_layers: int, capacity: int = 64) -> None:
         self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
-        self.length, self.group, self.capacity = 0, group, capacity
+        self.length, self.capacity = 0, capacity
 
     def append(self, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store layer `index`'s new keys/values (N, H, T, D/H) after the filled positions; return all of them."""
@@ -251,7 +252,7 @@ class Transformer(nn.Module):
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
                cache: Optional[Cache] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tgt_in (N, T) -> logits (N, T, V). With a cache, tgt_in holds only the positions not yet seen,
-        and N may be a multiple of memory's B (`Cache.group` rows per sentence).
+        and N may be a multiple of memory's B (see `Cache`).
 
         With `keep` (N, T) boolean, only those positions are projected onto the vocabulary: logits (n, V).
         Training passes the non-padding targets, so no work is spent on padded positions' logits.
@@ -282,9 +283,9 @@ class Transformer(nn.Module):
             for attention in layers:
                 attention.recorded = None
 
-    def new_cache(self, group: int = 1, capacity: int = 64) -> Cache:
-        """An empty decoding cache: `group` decoder rows per sentence, room for `capacity` positions."""
-        return Cache(len(self.decoder), group, capacity)
+    def new_cache(self, capacity: int = 64) -> Cache:
+        """An empty decoding cache with room for `capacity` positions (it grows if needed)."""
+        return Cache(len(self.decoder), capacity)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         memory, src_mask = self.encode(src)

@@ -56,7 +56,7 @@ def test_beam_rows_share_their_sentence_memory() -> None:
     src, tgt = batch()
     G = 3
     memory, src_mask = model.encode(src)
-    shared, copied = model.new_cache(group=G), model.new_cache()
+    shared, copied = model.new_cache(), model.new_cache()
     rows = tgt.repeat_interleave(G, 0)
     rows[:, 1:] = torch.randint(4, V, rows[:, 1:].shape, generator=torch.Generator().manual_seed(3))
     for i in range(tgt.size(1)):
