@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -132,3 +133,32 @@ def _write_tokenizer(translator: Translator, directory: Path) -> None:
         "model_max_length": translator.config.model.max_positions - 1, "separate_vocabs": False,
         "pad_token": processor.id_to_piece(PAD_ID), "unk_token": processor.id_to_piece(UNK_ID),
         "eos_token": processor.id_to_piece(EOS_ID)}, indent=2), encoding="utf-8")
+
+
+def export_ct2(model_dir: Path, output: Path, quantization: str | None = None) -> Path:
+    """Write a CTranslate2 model directory: the MarianMT export, converted by CTranslate2's own converter.
+
+    `quantization` is CTranslate2's weight type (int8, int8_float16, float16, ...); None keeps float32.
+    The SentencePiece model is copied in as `source.spm`/`target.spm` for tokenizing its input.
+    """
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        raise NMTError("export to ct2 needs ctranslate2: pip install 'nmt[export]'") from None
+    if output.exists() and any(output.iterdir()):
+        raise NMTError(f"{output} exists and is not empty; choose another --output")
+    with tempfile.TemporaryDirectory(prefix="nmt-export-") as work:
+        hf = export_hf(model_dir, Path(work) / "hf")
+        tmp = output.with_name(output.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            TransformersConverter(str(hf)).convert(str(tmp), quantization=quantization)
+        except (ValueError, NotImplementedError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise NMTError(f"CTranslate2 could not convert {model_dir}: {exc}") from None
+        for name in ("source.spm", "target.spm"):
+            shutil.copyfile(hf / name, tmp / name)
+    if output.exists():
+        output.rmdir()
+    tmp.rename(output)
+    return output

@@ -99,6 +99,25 @@ def test_ctranslate2_greedy_matches(exported: tuple[Path, Path], tmp_path: Path)
     assert theirs == mine
 
 
+def test_ct2_export_cli(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from typer.testing import CliRunner
+
+    from nmt_cli.main import app
+
+    model_dir, _ = exported
+    out = tmp_path / "ct2"
+    result = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--format", "ct2", "--output", str(out),
+                                      "--quantization", "int8"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.bin").is_file() and (out / "source.spm").is_file() and not (tmp_path / "ct2.tmp").exists()
+    ours = Translator.load(model_dir, device="cpu")
+    pieces = [ours.tokenizer.src.encode("ka lu mi", out_type=str) + ["</s>"]]
+    assert ctranslate2.Translator(str(out), device="cpu").translate_batch(pieces, max_decoding_length=5)[0].hypotheses
+    wrong = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--format", "onnx", "--output", str(tmp_path / "x")])
+    assert wrong.exit_code == 1 and "choose hf or ct2" in wrong.stderr
+
+
 def test_tokenizer_files_load(exported: tuple[Path, Path]) -> None:
     _, out = exported
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
