@@ -4,7 +4,8 @@ Layout inside a run directory:
     checkpoints/step_00001000/   model.safetensors, state.pt, sha256sums   one directory per saved step
     checkpoints/best_00000800/   model.safetensors, sha256sums             weights with the best validation BLEU
     checkpoints/average_last5/   model.safetensors, sha256sums             written by `nmt average`
-    checkpoints/latest, best, average   pointer files naming the current directories
+    checkpoints/ema_00001000/    model.safetensors, sha256sums             moving average (train.ema_decay)
+    checkpoints/latest, best, average, ema   pointer files naming the current directories
 Each directory is written under a temporary name and renamed when complete, and a pointer is
 replaced atomically after it, so a crash or a full disk at any moment leaves the previous
 checkpoint readable. `sha256sums` lets a truncated or corrupted file be reported as such
@@ -102,35 +103,39 @@ def save_checkpoint(run_dir: Path, step: int, model: Transformer, state: dict[st
     return final
 
 
-def save_best(run_dir: Path, step: int, model: Transformer, metadata: dict[str, str]) -> Path:
-    """Write the weights as the new best checkpoint and drop the previous best."""
+def _replace(run_dir: Path, kind: str, step: int, model: Transformer, metadata: dict[str, str]) -> Path:
+    """Write weights as checkpoints/KIND_STEP, point `kind` at it and drop the earlier KIND_* directory."""
     root = checkpoint_dir(run_dir)
-    final = _write_dir(root, f"best_{step:08d}", model, None, {"step": str(step), **metadata})
-    _point(root, "best", final)
-    for old in root.glob("best_*"):
+    final = _write_dir(root, f"{kind}_{step:08d}", model, None, {"step": str(step), **metadata})
+    _point(root, kind, final)
+    for old in root.glob(f"{kind}_*"):
         if old.is_dir() and old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_best(run_dir: Path, step: int, model: Transformer, metadata: dict[str, str]) -> Path:
+    """Write the weights as the new best checkpoint and drop the previous best."""
+    return _replace(run_dir, "best", step, model, metadata)
 
 
 def save_ema(run_dir: Path, step: int, ema: Transformer) -> Path:
     """Write the moving average of the weights as checkpoints/ema_STEP, pointed at by `ema`."""
-    root = checkpoint_dir(run_dir)
-    final = _write_dir(root, f"ema_{step:08d}", ema, None, {"step": str(step), "ema": "true"})
-    _point(root, "ema", final)
-    for old in root.glob("ema_*"):
-        if old.is_dir() and old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    return _replace(run_dir, "ema", step, ema, {"ema": "true"})
+
+
+def ema_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The moving average of the weights (train.ema_decay), or None when the run keeps none."""
+    return _pointed(checkpoint_dir(run_dir), "ema")
 
 
 def use_ema(run_dir: Path) -> Path:
     """Make translate and eval use the moving average of the weights (in place of an average)."""
-    root = checkpoint_dir(run_dir)
-    found = _pointed(root, "ema")
+    found = ema_checkpoint(run_dir)
     if found is None:
-        raise CheckpointError(f"{root} holds no moving average of the weights (train with train.ema_decay > 0)")
-    _point(root, "average", found)
+        raise CheckpointError(f"{checkpoint_dir(run_dir)} holds no moving average of the weights "
+                              "(train with train.ema_decay > 0)")
+    _point(checkpoint_dir(run_dir), "average", found)
     return found
 
 

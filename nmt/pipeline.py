@@ -288,7 +288,7 @@ def select_average(model_dir: Path, lasts: Sequence[int], src_path: Path, ref_pa
     checkpoint.forget_average(model_dir)
     found = {"none": evaluate_model(model_dir, src_path, ref_path, device=device)["bleu"]}
     available = len(checkpoint.step_checkpoints(model_dir))
-    if (checkpoint.checkpoint_dir(model_dir) / "ema").is_file():  # train.ema_decay kept a moving average
+    if checkpoint.ema_checkpoint(model_dir) is not None:  # train.ema_decay kept a moving average
         checkpoint.use_ema(model_dir)
         found["ema"] = evaluate_model(model_dir, src_path, ref_path, device=device)["bleu"]
     for last in lasts:
