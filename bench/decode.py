@@ -28,7 +28,7 @@ import torch
 from nmt import Translator
 from nmt.data import pad, read_lines
 from nmt.evaluate import bleu
-from nmt.export import export_hf, exported_id, nmt_id
+from nmt.export import export_ct2, export_hf, exported_id, nmt_id
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -64,14 +64,13 @@ def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int
     return run
 
 
-def ct2_engine(out: Path, work: Path, translator: Translator, compute_type: str, beam: int, batch_size: int,
+def ct2_engine(model_dir: Path, work: Path, translator: Translator, compute_type: str, beam: int, batch_size: int,
                threads: int) -> Callable[[list[str]], list[str]]:
     import ctranslate2
-    from ctranslate2.converters import TransformersConverter
 
     target = work / f"ct2-{compute_type}"
-    if not target.exists():
-        TransformersConverter(str(out)).convert(str(target), quantization=compute_type if compute_type != "float32" else None)
+    if not target.exists():  # the first round converts; later rounds reuse it
+        export_ct2(model_dir, target, compute_type if compute_type != "float32" else None)
     engine = ctranslate2.Translator(str(target), device="cpu", compute_type=compute_type, intra_threads=threads)
     d, tok = translator.config.decode, translator.tokenizer
 
@@ -102,7 +101,7 @@ def build_engine(name: str, args: argparse.Namespace, work: Path) -> Callable[[l
     if name.startswith("hf"):
         return hf_engine(work / "hf", ours, device, args.beam, args.batch_size, bf16=name == "hf_bf16")
     compute_type = {"ct2_fp32": "float32", "ct2_int8": "int8"}[name]
-    return ct2_engine(work / "hf", work, ours, compute_type, args.beam, args.batch_size, torch.get_num_threads())
+    return ct2_engine(args.model, work, ours, compute_type, args.beam, args.batch_size, torch.get_num_threads())
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -54,6 +54,19 @@ def _unsupported(translator: Translator) -> str | None:
     return None
 
 
+def _require_empty(output: Path) -> None:
+    if output.exists() and any(output.iterdir()):
+        raise NMTError(f"{output} exists and is not empty; choose another --output")
+
+
+def _publish(tmp: Path, output: Path) -> Path:
+    """Move a completely written `tmp` directory to `output` (which is absent or empty)."""
+    if output.exists():
+        output.rmdir()
+    tmp.rename(output)
+    return output
+
+
 def _rename(name: str) -> str:
     """Map one nmt parameter name to its MarianMT name."""
     if name.startswith(("src_embed.tokens.", "tgt_embed.tokens.")):
@@ -92,8 +105,7 @@ def export_hf(model_dir: Path, output: Path) -> Path:
     problem = _unsupported(translator)
     if problem:
         raise NMTError(f"cannot export {model_dir}: {problem}")
-    if output.exists() and any(output.iterdir()):
-        raise NMTError(f"{output} exists and is not empty; choose another --output")
+    _require_empty(output)
     hf = MarianMTModel(marian_config(translator))
     state = translator.model.state_dict()
     weights = {_rename(name): tensor for name, tensor in state.items() if "table" not in name}
@@ -112,10 +124,7 @@ def export_hf(model_dir: Path, output: Path) -> Path:
     hf.tie_weights()
     hf.save_pretrained(tmp)
     _write_tokenizer(translator, tmp)
-    if output.exists():
-        output.rmdir()
-    tmp.rename(output)
-    return output
+    return _publish(tmp, output)
 
 
 def _write_tokenizer(translator: Translator, directory: Path) -> None:
@@ -145,8 +154,7 @@ def export_ct2(model_dir: Path, output: Path, quantization: str | None = None) -
         from ctranslate2.converters import TransformersConverter
     except ImportError:
         raise NMTError("export to ct2 needs ctranslate2: pip install 'nmt[export]'") from None
-    if output.exists() and any(output.iterdir()):
-        raise NMTError(f"{output} exists and is not empty; choose another --output")
+    _require_empty(output)
     with tempfile.TemporaryDirectory(prefix="nmt-export-") as work:
         hf = export_hf(model_dir, Path(work) / "hf")
         tmp = output.with_name(output.name + ".tmp")
@@ -158,7 +166,4 @@ def export_ct2(model_dir: Path, output: Path, quantization: str | None = None) -
             raise NMTError(f"CTranslate2 could not convert {model_dir}: {exc}") from None
         for name in ("source.spm", "target.spm"):
             shutil.copyfile(hf / name, tmp / name)
-    if output.exists():
-        output.rmdir()
-    tmp.rename(output)
-    return output
+    return _publish(tmp, output)
