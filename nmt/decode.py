@@ -123,11 +123,9 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
         tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)
         # Rows move only within a sentence; the memory rows change only when sentences leave.
         cache.reorder(rows, kept)
-        R = K
-        limits = limits[rows]
-        if kept is not None or step == 0:
-            memory, src_mask = (memory[kept], src_mask[kept]) if kept is not None else (memory, src_mask)
-            shortest = int(limits.min())
+        R, limits = K, limits[rows]
+        if kept is not None:
+            memory, src_mask, shortest = memory[kept], src_mask[kept], int(limits.min())
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 
 
