@@ -81,7 +81,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # clip the gradient norm to this; 0 disables clipping
     max_steps: int = 100_000  # stop after this many updates
     max_epochs: int = 0  # stop after this many epochs; 0 means no bound
-    max_minutes: float = 0.0  # stop after this many minutes of training in this invocation; 0 means no bound
+    max_minutes: float = 0.0  # stop after this many minutes of training in this invocation (checked every log_every updates); 0: no bound
     valid_every: int = 1000  # validate (loss and BLEU) every this many updates
     valid_bleu_sentences: int = 0  # sentences of the validation set decoded for BLEU; 0 means all
     patience: int = 0  # stop after this many validations without a BLEU gain; 0 disables early stopping
@@ -93,6 +93,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     compile: bool = False  # torch.compile the model (dynamic shapes): slower first steps, faster after
+    loader_workers: int = -1  # processes that collate batches ahead of the step; -1: 2 on CUDA (pinned memory), 0 on CPU
     ema_decay: float = 0.0  # keep an exponential moving average of the weights (e.g. 0.9995); 0 disables
 
 
@@ -246,6 +247,7 @@ def validate(config: Config) -> None:
         (t.valid_every > 0 and t.save_every > 0 and t.log_every > 0, "train.valid_every, save_every and log_every must be > 0"),
         (t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}"),
         (t.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {t.max_nonfinite}"),
+        (t.loader_workers >= -1, f"train.loader_workers must be >= -1, got {t.loader_workers}"),
         (0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}"),
         (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
         (t.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16, got {t.precision!r}"),

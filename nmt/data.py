@@ -285,10 +285,14 @@ def pad(sequences: Sequence[Sequence[int]], value: int = PAD_ID) -> torch.Tensor
 def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], start_id: int) -> dict[str, torch.Tensor]:
     """Build model inputs: source + EOS, target input start + y, target output y + EOS (all padded).
 
-    `start_id` is the model's first decoder input (`Transformer.start_id`).
+    `start_id` is the model's first decoder input (`Transformer.start_id`). "targets" holds the flat
+    positions of the non-padding entries of tgt_out, so training can pick them on any device without
+    a boolean mask (whose size a GPU would have to report back to the host).
     """
+    tgt_out = pad([list(t) + [EOS_ID] for t in tgt])
     return {
         "src": pad([list(s) + [EOS_ID] for s in src]),
         "tgt_in": pad([[start_id] + list(t) for t in tgt]),
-        "tgt_out": pad([list(t) + [EOS_ID] for t in tgt]),
+        "tgt_out": tgt_out,
+        "targets": (tgt_out.view(-1) != PAD_ID).nonzero().view(-1),
     }

@@ -45,13 +45,11 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def all_sum(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum over ranks (float64, so token counts stay exact)."""
-    if not active():
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+def sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place on the tensor's device; returns it. The host does not wait for the result."""
+    if active():
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def broadcast(value: Any) -> Any:

@@ -254,8 +254,9 @@ class Transformer(nn.Module):
         """tgt_in (N, T) -> logits (N, T, V). With a cache, tgt_in holds only the positions not yet seen,
         and N may be a multiple of memory's B (see `Cache`).
 
-        With `keep` (N, T) boolean, only those positions are projected onto the vocabulary: logits (n, V).
-        Training passes the non-padding targets, so no work is spent on padded positions' logits.
+        With `keep` (n,), flat indices into the N*T positions, only those are projected onto the
+        vocabulary: logits (n, V). Training passes the non-padding targets, so no work is spent on
+        padded positions' logits.
         """
         x = self.tgt_embed(tgt_in, cache.length if cache is not None else 0)
         for i, layer in enumerate(self.decoder):
@@ -264,7 +265,7 @@ class Transformer(nn.Module):
             cache.length += tgt_in.size(1)
         x = self.decoder_norm(x)
         if keep is not None:
-            x = x[keep]
+            x = x.reshape(-1, x.size(-1)).index_select(0, keep)  # (n, D)
         # A module call when there is an output layer, so that int8 quantization can replace it.
         logits = F.linear(x, self.tgt_embed.tokens.weight) if self.output is None else self.output(x)  # (B, T, V)
         logits[..., self.pad_id] = float("-inf")  # padding is never an output (a column write, not a bias add)

@@ -31,7 +31,7 @@ CONFIG_FILE = "config.yaml"
 SAFE_ON_RESUME = {
     "data": {"valid", "valid_split", "cache_dir"},
     "train": {"max_steps", "max_epochs", "max_minutes", "valid_every", "valid_bleu_sentences", "patience",
-              "save_every", "keep_last", "log_every", "device", "precision", "threads", "compile",
+              "save_every", "keep_last", "log_every", "device", "precision", "threads", "compile", "loader_workers",
               "max_nonfinite"},
     "decode": {"beam", "length_penalty", "max_len_a", "max_len_b", "max_tokens", "nbest"},
 }

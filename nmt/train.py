@@ -12,11 +12,12 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from nmt import checkpoint, distributed
@@ -72,6 +73,36 @@ class Progress:
     nonfinite: int = 0  # updates in a row skipped for a non-finite loss or gradient
 
 
+class Update(NamedTuple):
+    """One update, as the device left it: read by `Trainer._settle`, every few updates, not after each."""
+
+    step: int
+    figures: torch.Tensor  # float64 (5,): summed loss, summed NLL, applied (1) or skipped (0), target tokens, all tokens
+
+
+class _Groups(Dataset):
+    """Collates groups of batches (lists of corpus indices) into model inputs, ahead of the step.
+
+    With loader workers this runs in other processes and the DataLoader pins the tensors, so the
+    training loop finds its inputs ready for non-blocking copies to the GPU.
+    """
+
+    def __init__(self, corpus: TokenizedCorpus, start_id: int) -> None:
+        self.corpus, self.start_id = corpus, start_id
+
+    def __getitem__(self, item: tuple[list[list[int]], tuple[int, int]]) -> dict:
+        group, position = item
+        return {"group": group, "position": position, **collate_group(self.corpus, group, self.start_id)}
+
+
+def collate_group(corpus: TokenizedCorpus, group: list[list[int]], start_id: int) -> dict:
+    """Inputs of each batch of `group`, and its target and total non-padding token counts (float64 (2,))."""
+    inputs = [collate([corpus.src[i] for i in b], [corpus.tgt[i] for i in b], start_id) for b in group]
+    n_target = sum(x["targets"].numel() for x in inputs)
+    n_tokens = n_target + sum(int((x["src"] != PAD_ID).sum()) for x in inputs)
+    return {"inputs": inputs, "counts": torch.tensor([n_target, n_tokens], dtype=torch.float64)}
+
+
 @dataclass
 class ValidSet:
     src: list[list[int]]
@@ -92,9 +123,10 @@ class Trainer:
             model, device_ids=[device.index] if device.type == "cuda" else None)
         if config.compile:  # dynamic shapes: batches of new lengths do not recompile
             self.net = torch.compile(self.net, dynamic=True)
-        fused = device.type == "cuda"
+        # Fused AdamW (CPU and CUDA) is the fastest, and it can skip an update on the device's own
+        # verdict (`found_inf`), so a non-finite loss needs no host-device synchronisation per step.
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                           weight_decay=config.weight_decay, eps=1e-8, fused=fused or None)
+                                           weight_decay=config.weight_decay, eps=1e-8, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, inverse_sqrt(config.warmup_steps))
         self.progress = Progress()
         # The moving average of the weights lives in a second model, so it saves and loads like one.
@@ -152,72 +184,92 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # -- the loop ----------------------------------------------------------------------------
-    def _epoch_batches(self) -> list[list[int]]:
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
         budget = int(self.config.max_tokens * self.progress.budget_scale)
-        return make_batches(self.src_lengths, self.tgt_lengths, budget, self.config.seed, self.progress.epoch)
+        return make_batches(self.src_lengths, self.tgt_lengths, budget, self.config.seed, epoch)
 
-    def _next_group(self, batches: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
-        """This rank's share of the next `accum_steps * world` batches, moving into the next epoch when one runs out."""
-        group = []
-        while len(group) < self.config.accum_steps * self.world:
-            if self.progress.batch_index >= len(batches):
-                self.progress.epoch += 1
-                self.progress.batch_index = 0
-                batches = self._epoch_batches()
-            group.append(batches[self.progress.batch_index])
-            self.progress.batch_index += 1
+    def _groups(self) -> Iterator[tuple[list[list[int]], tuple[int, int]]]:
+        """From the current position on: this rank's share of each next `accum_steps * world` batches,
+        with the position (epoch, batch index) after them. Epochs run into each other."""
+        epoch, index = self.progress.epoch, self.progress.batch_index
+        batches = self._epoch_batches(epoch)
         share = self.config.accum_steps
-        return group[self.rank * share:(self.rank + 1) * share], batches
+        while True:
+            group = []
+            while len(group) < share * self.world:
+                if index >= len(batches):
+                    epoch, index = epoch + 1, 0
+                    batches = self._epoch_batches(epoch)
+                group.append(batches[index])
+                index += 1
+            # After an epoch's last batch the position is the next epoch's start, so max_epochs stops there.
+            yield group[self.rank * share:(self.rank + 1) * share], (epoch + 1, 0) if index >= len(batches) else (epoch, index)
 
-    def _update(self, group: list[list[int]]) -> Optional[tuple[float, float, int, int]]:
-        """One optimizer update over the batches of `group`: loss, nll, target and all tokens.
+    def _stream(self) -> Iterator[dict]:
+        """Collated groups from the current position, prepared ahead by `train.loader_workers` processes."""
+        workers = self.config.loader_workers
+        if workers < 0:
+            workers = 2 if self.device.type == "cuda" else 0  # on CPU the cores are busy with the step itself
+        loader = DataLoader(_Groups(self.corpus, self.model.start_id), sampler=self._groups(), batch_size=None,
+                            num_workers=workers, pin_memory=self.device.type == "cuda",
+                            prefetch_factor=4 if workers else None,
+                            generator=torch.Generator())  # its own seed draw leaves the dropout stream alone
+        return iter(loader)
 
-        Returns None when the update was skipped: its loss or gradient was not finite, or even
-        single sentences ran out of memory.
+    def _update(self, group: list[list[int]], collated: Optional[dict] = None) -> Optional[Update]:
+        """One optimizer update over the batches of `group` (`collated`: their inputs, if made already).
+
+        Nothing here waits for the device: a non-finite loss or gradient makes the fused optimizer
+        skip the update on the device, and the returned figures say so when they are read. Returns
+        None when the update was skipped because even single sentences ran out of memory.
         """
         self.model.train()
-        inputs = [collate([self.corpus.src[i] for i in b], [self.corpus.tgt[i] for i in b], self.model.start_id) for b in group]
-        n_target = sum(int((x["tgt_out"] != PAD_ID).sum()) for x in inputs)
-        n_tokens = n_target + sum(int((x["src"] != PAD_ID).sum()) for x in inputs)
-        n_target, n_tokens = (int(n) for n in distributed.all_sum([n_target, n_tokens], self.device))
+        collated = collated or collate_group(self.corpus, group, self.model.start_id)
+        counts = collated["counts"].to(self.device, non_blocking=True, copy=True)
+        if self.world > 1:  # summed over ranks on the device; the host never waits for it
+            counts = distributed.sum_(counts)
+            n_target = counts[0].float()
+        else:
+            n_target = int(collated["counts"][0])
         try:
-            total_loss, total_nll = self._accumulate(inputs, n_target)
+            total_loss, total_nll = self._accumulate(collated["inputs"], n_target)
         except torch.OutOfMemoryError:
             if self.world > 1:  # ranks cannot retry on their own without deadlocking the others
                 raise TrainingError(f"out of memory at step {self.progress.step} on rank {self.rank}; "
                                     "lower train.max_tokens and raise train.accum_steps") from None
             return self._after_out_of_memory(group)
-        total_loss, total_nll = distributed.all_sum([total_loss, total_nll], self.device)
+        totals = distributed.sum_(torch.stack([total_loss, total_nll]).double())
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm or math.inf)
-        if not (math.isfinite(total_loss) and math.isfinite(float(norm))):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+        applied = torch.isfinite(totals).all() & torch.isfinite(norm)
+        self.optimizer.found_inf = (~applied).float()  # 1: the fused step leaves weights and moments as they are
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             with torch.no_grad():
+                rate = applied.float() * (1.0 - self.config.ema_decay)
                 for average, weight in zip(self.ema.parameters(), self.model.parameters()):
-                    average.lerp_(weight, 1.0 - self.config.ema_decay)
+                    average.lerp_(weight, rate)
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss / n_target, total_nll / n_target, n_target, n_tokens
+        figures = torch.cat([totals.to(counts.device), applied.double().view(1).to(counts.device), counts.double()])
+        return Update(self.progress.step + 1, figures)
 
-    def _accumulate(self, inputs: list[dict[str, torch.Tensor]], n_target: int) -> tuple[float, float]:
+    def _accumulate(self, inputs: list[dict[str, torch.Tensor]], n_target) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward over each batch; gradients sum to those of the loss per target token.
 
-        `n_target` counts the target tokens of all ranks; DDP averages gradients over ranks, so each
-        rank scales its loss by the world size to get the sum over the global batch.
+        `n_target` counts the target tokens of all ranks (a device tensor under DDP); DDP averages
+        gradients over ranks, so each rank scales its loss by the world size to get the sum over the
+        global batch. Returns the summed loss and NLL of this rank's batches, on the device.
         """
-        total_loss = total_nll = 0.0
+        total_loss = total_nll = torch.zeros((), device=self.device)
         for index, x in enumerate(inputs):
             x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
             last = index == len(inputs) - 1
             with self._autocast(), (nullcontext() if last or self.world == 1 else self.net.no_sync()):
-                targets = x["tgt_out"] != PAD_ID
-                logits = self.net(x["src"], x["tgt_in"], targets)  # (targets, V): padded positions skipped
-                loss, nll = label_smoothed_loss(logits, x["tgt_out"][targets], self.config.label_smoothing)
+                logits = self.net(x["src"], x["tgt_in"], x["targets"])  # (targets, V): padded positions skipped
+                loss, nll = label_smoothed_loss(logits, x["tgt_out"].view(-1)[x["targets"]], self.config.label_smoothing)
                 (loss * self.world / n_target).backward()
-            total_loss += float(loss.detach())
-            total_nll += float(nll)
+            total_loss = total_loss + loss.detach().float()
+            total_nll = total_nll + nll.float()
         return total_loss, total_nll
 
     def _after_out_of_memory(self, group: list[list[int]]) -> Optional[tuple[float, float, int, int]]:
@@ -261,31 +313,41 @@ class Trainer:
         return None
 
     def train(self) -> str:
-        """Train until a bound is reached; returns why it stopped. The last state is always saved."""
+        """Train until a bound is reached; returns why it stopped. The last state is always saved.
+
+        The host reads what the device computed (losses, skipped updates) only every
+        `train.log_every` updates and before validating or saving, so it can queue the next steps'
+        work while the device is busy; time and early-stopping bounds are checked at those points.
+        """
         c, p = self.config, self.progress
         started = time.monotonic()
         self._seconds_before = p.train_seconds
-        batches = self._epoch_batches()
         window = {"loss": 0.0, "nll": 0.0, "target": 0, "tokens": 0, "updates": 0, "time": time.monotonic()}
+        pending: list[Update] = []
         bar = tqdm(total=c.max_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0,
                    disable=self.rank != 0)
         last_saved = p.step
+        stream = None
         try:
             reason = self._stop_reason(started)
             while reason is None:
-                group, batches = self._next_group(batches)
-                result = self._update(group)
-                if result is None:
-                    self._skipped_update()
-                    reason = self._stop_reason(started)
+                if stream is None:
+                    stream = self._stream()
+                item = next(stream)
+                p.epoch, p.batch_index = item["position"]
+                budget = p.budget_scale
+                update = self._update(item["group"], item)
+                if p.budget_scale != budget:  # out of memory: later batches are made with the lowered budget
+                    stream = None
+                if update is None:  # out of memory on single sentences: logged, no step taken
                     continue
-                p.nonfinite = 0
-                loss, nll, n_target, n_tokens = result
                 p.step += 1
-                for key, value in (("loss", loss * n_target), ("nll", nll * n_target), ("target", n_target), ("tokens", n_tokens)):
-                    window[key] += value
-                window["updates"] += 1
+                pending.append(update)
                 bar.update(1)
+                if not any(p.step % every == 0 for every in (c.log_every, c.valid_every, c.save_every)) \
+                        and p.step < c.max_steps and not (c.max_epochs and p.epoch >= c.max_epochs):
+                    continue
+                self._settle(pending, window)
                 if p.step % c.log_every == 0:
                     self._log_window(window, bar, started)
                 if p.step % c.valid_every == 0:
@@ -296,6 +358,8 @@ class Trainer:
                 reason = self._stop_reason(started)
         finally:
             bar.close()  # also when an error stops the run, so the terminal line is finished
+            del stream  # stops the loader's worker processes
+        self._settle(pending, window)
         if self.valid is not None and p.step % c.valid_every != 0:
             self.validate()
         if p.step != last_saved or p.step == 0:
@@ -304,23 +368,41 @@ class Trainer:
         log.info("stopped at step %d: %s", p.step, reason)
         return reason
 
-    def _skipped_update(self) -> None:
-        """Count a skipped update; too many in a row stop the run with the last checkpoint untouched."""
+    def _settle(self, pending: list[Update], window: dict) -> None:
+        """Read the pending updates' figures (one host-device synchronisation) and account for them in order.
+
+        A skipped update (non-finite loss or gradient) is logged; too many in a row stop the run, before
+        any later checkpoint is written, so the last one on disk holds good weights.
+        """
+        if not pending:
+            return
+        rows = torch.stack([u.figures for u in pending]).tolist()
+        steps = [u.step for u in pending]
+        pending.clear()
         p = self.progress
-        p.nonfinite += 1
-        self._log({"step": p.step, "event": "update_skipped", "in_a_row": p.nonfinite})
-        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", p.step, p.nonfinite)
-        if p.nonfinite >= self.config.max_nonfinite:
-            latest = checkpoint.latest_checkpoint(self.run_dir)
-            kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written"
-            raise TrainingError(f"the loss or gradient was not finite for {p.nonfinite} updates in a row at step {p.step}; "
-                                f"{kept}. Lower train.lr, raise train.warmup_steps or check the data")
+        for step, (loss, nll, applied, n_target, n_tokens) in zip(steps, rows):
+            if applied:
+                p.nonfinite = 0
+                for key, value in (("loss", loss), ("nll", nll), ("target", n_target), ("tokens", n_tokens)):
+                    window[key] += value
+                window["updates"] += 1
+                continue
+            p.nonfinite += 1
+            self._log({"step": step, "event": "update_skipped", "in_a_row": p.nonfinite})
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, p.nonfinite)
+            if p.nonfinite >= self.config.max_nonfinite:
+                latest = checkpoint.latest_checkpoint(self.run_dir)
+                kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written"
+                raise TrainingError(f"the loss or gradient was not finite for {p.nonfinite} updates in a row at step "
+                                    f"{step}; {kept}. Lower train.lr, raise train.warmup_steps or check the data")
 
     def _checkpoint(self, started: float) -> None:
         self.progress.train_seconds = self._seconds_before + time.monotonic() - started
         self.save()
 
     def _log_window(self, window: dict, bar: tqdm, started: float) -> None:
+        if not window["updates"]:  # every update of the window was skipped; those are logged already
+            return
         now = time.monotonic()
         seconds = max(now - window["time"], 1e-9)
         record = {"step": self.progress.step, "epoch": self.progress.epoch,

@@ -117,3 +117,4 @@ def test_collate_adds_specials() -> None:
     assert x["src"].tolist() == [[5, 6, EOS_ID], [7, EOS_ID, PAD_ID]]
     assert x["tgt_in"].tolist() == [[BOS_ID, 8, PAD_ID], [BOS_ID, 9, 10]]
     assert x["tgt_out"].tolist() == [[8, EOS_ID, PAD_ID], [9, 10, EOS_ID]]
+    assert x["tgt_out"].view(-1)[x["targets"]].tolist() == [8, EOS_ID, 9, 10, EOS_ID]

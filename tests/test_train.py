@@ -37,7 +37,7 @@ def test_inverse_sqrt_schedule() -> None:
     assert factor(199) > factor(399)
 
 
-def make_trainer(run_dir: Path, *overrides: str) -> Trainer:
+def make_trainer(run_dir: Path, *overrides: str, device: str = "cpu") -> Trainer:
     config = load_config(None, ["model.preset=tiny", "tokenizer.vocab_size=48", "train.max_tokens=400",
                                 "train.log_every=2", "train.save_every=3", "train.valid_every=1000",
                                 "train.warmup_steps=5", "train.lr=2e-3", "model.dropout=0.1", *overrides])
@@ -46,7 +46,7 @@ def make_trainer(run_dir: Path, *overrides: str) -> Trainer:
     corpus = tokenize_corpus(src, tgt, tokenizer, config.data, "toy")
     torch.manual_seed(config.train.seed)
     model = Transformer(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    return Trainer(model, config.train, run_dir, corpus)
+    return Trainer(model, config.train, run_dir, corpus, device=torch.device(device))
 
 
 def test_loss_falls_on_one_batch(tmp_path: Path) -> None:
@@ -147,12 +147,14 @@ def test_non_finite_loss_skips_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(train_module, "label_smoothed_loss", flaky)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    with pytest.raises(TrainingError, match="not finite for 3 updates in a row.*step_00000008 is intact"):
+    with pytest.raises(TrainingError, match="not finite for 3 updates in a row at step 12.*step_00000008 is intact"):
         trainer.train()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in records if r.get("event") == "update_skipped"]
-    assert [r["in_a_row"] for r in skipped] == [1, 1, 2, 3]
-    assert trainer.progress.step == 8  # batch 3 and batches 10-12 were skipped, the other 8 applied
+    # Update 3 and updates 10-12 were skipped on the device and found so when the figures were read
+    # (every 2 updates); the checkpoint of step 12 was not written.
+    assert [(r["step"], r["in_a_row"]) for r in skipped] == [(3, 1), (10, 1), (11, 2), (12, 3)]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8, 10]  # 12: only skipped updates, nothing to log
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     checkpoint.verify(checkpoint.latest_checkpoint(tmp_path))
@@ -200,16 +202,15 @@ def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     eager = make_trainer(tmp_path / "eager", "model.dropout=0.0")
     compiled = make_trainer(tmp_path / "compiled", "model.dropout=0.0", "train.compile=true")
     for batch in (list(range(16)), list(range(16, 40))):  # two shapes: dynamic, no recompile needed
-        a, b = eager._update([batch]), compiled._update([batch])
-        assert a is not None and b is not None
-        assert b[0] == pytest.approx(a[0], rel=1e-4) and b[2:] == a[2:]
+        a, b = eager._update([batch]).figures.tolist(), compiled._update([batch]).figures.tolist()
+        assert b[0] == pytest.approx(a[0], rel=1e-4) and b[2:] == a[2:] and a[2] == 1.0  # applied
 
 
 def test_moving_average_of_the_weights(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "model.dropout=0.0", "train.ema_decay=0.9")
     expected = [p.detach().clone() for p in trainer.model.parameters()]
     for batch in (list(range(16)), list(range(16, 32))):
-        assert trainer._update([batch]) is not None
+        assert trainer._update([batch]).figures[2] == 1.0  # applied
         expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, trainer.model.parameters())]
     for found, wanted in zip(trainer.ema.parameters(), expected):
         torch.testing.assert_close(found, wanted)
@@ -220,3 +221,46 @@ def test_moving_average_of_the_weights(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(again.ema.parameters(), trainer.ema.parameters()))
     assert checkpoint.use_ema(tmp_path) == checkpoint.inference_checkpoint(tmp_path)
     assert checkpoint.inference_checkpoint(tmp_path).name.startswith("ema_")
+
+
+def test_skipped_update_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-finite loss leaves weights, optimizer moments and the moving average exactly as they were."""
+    from nmt import train as train_module
+
+    trainer = make_trainer(tmp_path, "train.ema_decay=0.9")
+    assert trainer._update([list(range(16))]).figures[2] == 1.0
+    snapshot = lambda: [t.clone() for t in (*trainer.model.parameters(), *trainer.ema.parameters())]  # noqa: E731
+    moments = lambda: [v.clone() for s in trainer.optimizer.state.values() for v in s.values()]  # noqa: E731
+    weights, state = snapshot(), moments()
+    real_loss = train_module.label_smoothed_loss
+    monkeypatch.setattr(train_module, "label_smoothed_loss", lambda *a: tuple(x * float("inf") for x in real_loss(*a)))
+    assert trainer._update([list(range(16, 32))]).figures[2] == 0.0  # skipped
+    assert all(torch.equal(a, b) for a, b in zip(weights, snapshot()))
+    assert all(torch.equal(a, b) for a, b in zip(state, moments()))  # the step count too
+
+
+def test_loader_workers_change_nothing(tmp_path: Path) -> None:
+    """Batches collated ahead in a worker process train exactly like batches collated in the loop."""
+    inline = make_trainer(tmp_path / "inline", "train.max_steps=7", "train.loader_workers=0")
+    inline.train()
+    ahead = make_trainer(tmp_path / "ahead", "train.max_steps=7", "train.loader_workers=1")
+    ahead.train()
+    for (name, a), b in zip(inline.model.state_dict().items(), ahead.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert (ahead.progress.epoch, ahead.progress.batch_index) == (inline.progress.epoch, inline.progress.batch_index)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_step_does_not_wait_for_the_gpu(tmp_path: Path) -> None:
+    """Between the points where figures are read, an update never synchronises host and device."""
+    trainer = make_trainer(tmp_path, device="cuda")
+    stream = trainer._stream()
+    items = [next(stream) for _ in range(3)]
+    trainer._update(items[0]["group"], items[0])  # the first step allocates optimizer state
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        updates = [trainer._update(item["group"], item) for item in items[1:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(u.figures[2].item() == 1.0 for u in updates)
