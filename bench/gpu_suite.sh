@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: the GPU-profile Multi30k recipes, then the decoding and
-# training benchmarks on CUDA. Results (JSON lines and files) go to OUT_DIR.
+# Everything that needs a GPU, in one go: the GPU-marked tests, the GPU-profile Multi30k recipes, then
+# the decoding and training benchmarks on CUDA. Results (JSON lines and files) go to OUT_DIR.
 #
 #   bench/gpu_suite.sh DATA_DIR OUT_DIR
 #
@@ -18,6 +18,10 @@ extra=()
 for option in ${EXTRA:-}; do extra+=(--set "$option"); done
 
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+# The tests that need a GPU (skipped elsewhere): e.g. an update never synchronises host and device.
+if python -c "import pytest" 2> /dev/null; then
+  python -m pytest -q -m gpu "$here/tests" 2>&1 | tail -5 | tee "$out/gpu_tests.txt"
+fi
 for pair in $pairs; do
   src="${pair%-*}" tgt="${pair#*-}"
   "$here/recipes/multi30k.sh" --src "$src" --tgt "$tgt" --profile gpu --data-dir "$data" --run-dir "$out/$pair" \
