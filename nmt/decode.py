@@ -98,6 +98,7 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
     scores = torch.zeros(B, R, device=src.device)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     alive = torch.arange(B, device=src.device)  # input index of each sentence still searched
+    n_finished = torch.zeros(B, dtype=torch.long, device=src.device)  # finished hypotheses of each of them
     shortest = int(limits.min())
     for step in range(int(max_lens.max())):
         n = alive.numel()
@@ -109,8 +110,10 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
         top_beam, top_token = top_index // C, candidates.view(n, R * C).gather(1, top_index)  # (n, 2K), best first
         is_eos = top_token == EOS_ID
         offsets = torch.arange(n, device=src.device)[:, None] * R
-        _finish(finished, alive, tokens, offsets + top_beam, top_scores, is_eos, K, step + 1, length_penalty)
-        searching = torch.tensor([len(finished[i]) < K for i in alive.tolist()], device=src.device)
+        ending = is_eos[:, :K] & torch.isfinite(top_scores[:, :K])  # (n, K) finished hypotheses
+        n_finished = (n_finished + ending.sum(1)).clamp(max=K)
+        searching = n_finished < K
+        _finish(finished, alive, tokens, offsets + top_beam, top_scores, ending, K, step + 1, length_penalty)
         if not searching.any():
             break
         # The best K candidates that do not end here continue (at most K of 2K can end in EOS).
@@ -118,7 +121,7 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
         rows, next_tokens = offsets + top_beam.gather(1, keep_pos), top_token.gather(1, keep_pos)  # (n, K)
         kept = None if bool(searching.all()) else searching.nonzero().view(-1)  # sentences that go on
         if kept is not None:
-            rows, next_tokens, scores, alive = rows[kept], next_tokens[kept], scores[kept], alive[kept]
+            rows, next_tokens, scores, alive, n_finished = (x[kept] for x in (rows, next_tokens, scores, alive, n_finished))
         rows = rows.view(-1)
         tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)
         # Rows move only within a sentence; the memory rows change only when sentences leave.
@@ -130,9 +133,8 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
 
 
 def _finish(finished: list[list[Hypothesis]], alive: torch.Tensor, tokens: torch.Tensor, top_rows: torch.Tensor,
-            top_scores: torch.Tensor, is_eos: torch.Tensor, K: int, length: int, length_penalty: float) -> None:
-    """Record the EOS candidates ranked within the top K; `top_rows` (n, 2K) are their rows in `tokens`."""
-    ending = is_eos[:, :K] & torch.isfinite(top_scores[:, :K])
+            top_scores: torch.Tensor, ending: torch.Tensor, K: int, length: int, length_penalty: float) -> None:
+    """Record the EOS candidates ranked within the top K (`ending`, (n, K)); `top_rows` (n, 2K) are their rows in `tokens`."""
     if not ending.any():
         return
     for b, j in ending.nonzero().tolist():
