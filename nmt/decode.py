@@ -113,13 +113,16 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
         ending = is_eos[:, :K] & torch.isfinite(top_scores[:, :K])  # (n, K) finished hypotheses
         n_finished = (n_finished + ending.sum(1)).clamp(max=K)
         searching = n_finished < K
-        _finish(finished, alive, tokens, offsets + top_beam, top_scores, ending, K, step + 1, length_penalty)
-        if not searching.any():
+        # The host learns all it needs of this step at once (one device sync on a GPU).
+        any_ending, any_searching, all_searching = torch.stack([ending.any(), searching.any(), searching.all()]).tolist()
+        if any_ending:
+            _finish(finished, alive, tokens, offsets + top_beam, top_scores, ending, K, step + 1, length_penalty)
+        if not any_searching:
             break
         # The best K candidates that do not end here continue (at most K of 2K can end in EOS).
         scores, keep_pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=1)
         rows, next_tokens = offsets + top_beam.gather(1, keep_pos), top_token.gather(1, keep_pos)  # (n, K)
-        kept = None if bool(searching.all()) else searching.nonzero().view(-1)  # sentences that go on
+        kept = None if all_searching else searching.nonzero().view(-1)  # sentences that go on
         if kept is not None:
             rows, next_tokens, scores, alive, n_finished = (x[kept] for x in (rows, next_tokens, scores, alive, n_finished))
         rows = rows.view(-1)
@@ -135,14 +138,11 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
 def _finish(finished: list[list[Hypothesis]], alive: torch.Tensor, tokens: torch.Tensor, top_rows: torch.Tensor,
             top_scores: torch.Tensor, ending: torch.Tensor, K: int, length: int, length_penalty: float) -> None:
     """Record the EOS candidates ranked within the top K (`ending`, (n, K)); `top_rows` (n, 2K) are their rows in `tokens`."""
-    if not ending.any():
-        return
-    for b, j in ending.nonzero().tolist():
-        sentence = finished[int(alive[b])]
+    b, j = ending.nonzero().unbind(1)  # gathered in a few tensor ops, not read one element at a time
+    for index, log_prob, sequence in zip(alive[b].tolist(), top_scores[b, j].tolist(), tokens[top_rows[b, j], 1:].tolist()):
+        sentence = finished[index]
         if len(sentence) < K:
-            log_prob = float(top_scores[b, j])
-            sentence.append(Hypothesis(tokens[int(top_rows[b, j]), 1:].tolist(), log_prob / length ** length_penalty,
-                                       log_prob))
+            sentence.append(Hypothesis(sequence, log_prob / length ** length_penalty, log_prob))
 
 
 def output_limits(src_lengths: torch.Tensor, config: DecodeConfig, max_positions: int) -> torch.Tensor:
