@@ -201,8 +201,10 @@ def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     pytest.importorskip("torch._inductor")
     eager = make_trainer(tmp_path / "eager", "model.dropout=0.0")
     compiled = make_trainer(tmp_path / "compiled", "model.dropout=0.0", "train.compile=true")
-    for batch in (list(range(16)), list(range(16, 40))):  # two shapes: dynamic, no recompile needed
-        a, b = eager._update([batch]).figures.tolist(), compiled._update([batch]).figures.tolist()
+    for index, batch in enumerate((list(range(16)), list(range(16, 40)), list(range(40, 50)))):
+        # After the first two shapes, a batch of yet another shape must not compile again.
+        with torch._dynamo.config.patch(error_on_recompile=index == 2):
+            a, b = eager._update([batch]).figures.tolist(), compiled._update([batch]).figures.tolist()
         assert b[0] == pytest.approx(a[0], rel=1e-4) and b[2:] == a[2:] and a[2] == 1.0  # applied
 
 
