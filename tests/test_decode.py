@@ -7,7 +7,7 @@ import math
 import torch
 
 from nmt.config import load_config
-from nmt.decode import beam_search, greedy_search, output_limits, translate_ids
+from nmt.decode import beam_search, greedy_search, output_limits, top_k, translate_ids
 from nmt.model import Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -104,3 +104,18 @@ def test_batching_and_order_do_not_change_translations() -> None:
     batched = [h[0].tokens for h in translate_ids(model, srcs, config)]
     small_batches = [h[0].tokens for h in translate_ids(model, srcs, load_config(None, ["decode.beam=3", "decode.max_tokens=40"]).decode)]
     assert batched == one_by_one == small_batches
+
+
+def test_chunked_top_k_equals_topk() -> None:
+    """The chunked top-k finds the same values as torch.topk, at their own columns."""
+    torch.manual_seed(0)
+    for N, V, k in ((7, 8000, 10), (5, 1001, 3), (4, 300, 10), (3, 64 * 12, 1), (2, 50, 60)):
+        x = torch.randn(N, V)
+        x[:, :3] = float("-inf")  # as padding and BOS are
+        if V >= 200:
+            x[0, 100:200] = 5.0 + torch.arange(100) * 1e-3  # the best entries crowded into neighbouring chunks
+        k = min(k, V)
+        values, columns = top_k(x, k)
+        assert torch.equal(values.sort(-1).values, x.topk(k).values.sort(-1).values)
+        assert torch.equal(x.gather(1, columns), values)
+        assert all(len(set(row)) == k for row in columns.tolist())  # no column twice
