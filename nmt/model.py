@@ -250,13 +250,14 @@ class Transformer(nn.Module):
         return self.encoder_norm(x), src_mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               cache: Optional[Cache] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+               cache: Optional[Cache] = None, keep: Optional[torch.Tensor] = None, project: bool = True) -> torch.Tensor:
         """tgt_in (N, T) -> logits (N, T, V). With a cache, tgt_in holds only the positions not yet seen,
         and N may be a multiple of memory's B (see `Cache`).
 
         With `keep` (n,), flat indices into the N*T positions, only those are projected onto the
         vocabulary: logits (n, V). Training passes the non-padding targets, so no work is spent on
-        padded positions' logits.
+        padded positions' logits. With `project=False` the decoder's outputs are returned before the
+        projection, (N, T, D) or (n, D), for a loss that projects them itself (see `output_weight`).
         """
         x = self.tgt_embed(tgt_in, cache.length if cache is not None else 0)
         for i, layer in enumerate(self.decoder):
@@ -266,10 +267,16 @@ class Transformer(nn.Module):
         x = self.decoder_norm(x)
         if keep is not None:
             x = x.reshape(-1, x.size(-1)).index_select(0, keep)  # (n, D)
+        if not project:
+            return x
         # A module call when there is an output layer, so that int8 quantization can replace it.
         logits = F.linear(x, self.tgt_embed.tokens.weight) if self.output is None else self.output(x)  # (B, T, V)
         logits[..., self.pad_id] = float("-inf")  # padding is never an output (a column write, not a bias add)
         return logits
+
+    def output_weight(self) -> torch.Tensor:
+        """(V, D): the output projection's weight (the tied target embedding by default); no bias."""
+        return self.tgt_embed.tokens.weight if self.output is None else self.output.weight
 
     @torch.no_grad()
     def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> list[torch.Tensor]:
@@ -288,9 +295,10 @@ class Transformer(nn.Module):
         """An empty decoding cache with room for `capacity` positions (it grows if needed)."""
         return Cache(len(self.decoder), capacity)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, keep: Optional[torch.Tensor] = None,
+                project: bool = True) -> torch.Tensor:
         memory, src_mask = self.encode(src)
-        return self.decode(tgt_in, memory, src_mask, keep=keep)
+        return self.decode(tgt_in, memory, src_mask, keep=keep, project=project)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -49,6 +49,68 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
     return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
 
 
+def projected_label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
+                                  chunk_elements: int = 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """`label_smoothed_loss` of the logits hidden @ weight.T (padding's column -inf), never all made at once.
+
+    hidden (n, D) decoder outputs, weight (V, D) the output projection, target (n,). The logits are
+    the largest tensors of a step; here they are made `chunk_elements` at a time, and each chunk's
+    gradients (softmax minus the smoothed one-hot, then through the projection) are taken at once,
+    so no (n, V) tensor is ever held. On a CPU the small chunks stay in cache and need no fresh
+    pages from the system.
+    """
+    return _ProjectedSmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)))
+
+
+class _ProjectedSmoothedLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,  # type: ignore[override]
+                rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert PAD_ID == 0  # the classes are the columns after it
+        device, V = hidden.device.type, weight.size(0)
+        # Under autocast the matrix multiplies run in its dtype, spelled out: in-place ops are not autocast.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        wanted = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if wanted else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if wanted else None
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        nll_sum = torch.zeros_like(loss)
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            for start in range(0, hidden.size(0), rows):
+                h, t = hidden[start:start + rows].to(dtype), target[start:start + rows]
+                x = (h @ w.t()).float()  # (rows, V) logits
+                x[:, PAD_ID] = float("-inf")
+                lse = torch.logsumexp(x, dim=-1)
+                real, zero = t != PAD_ID, x.new_zeros(())
+                nll = torch.where(real, lse - x.gather(1, t[:, None]).squeeze(1), zero)  # -log p(target)
+                rows_loss = (1 - smoothing) * nll
+                if smoothing:  # -mean log p over the real classes
+                    rows_loss = rows_loss + smoothing * torch.where(real, lse - x[:, 1:].sum(-1) / (V - 1), zero)
+                loss += rows_loss.sum()
+                nll_sum += nll.sum()
+                if not wanted:
+                    continue
+                g = x.sub_(lse[:, None]).exp_()  # softmax, in place of the logits; padding's column is 0
+                if smoothing:
+                    g[:, 1:] -= smoothing / (V - 1)
+                g[torch.arange(g.size(0), device=g.device), t] -= 1 - smoothing
+                g = g.mul_(real[:, None]).to(dtype)
+                grad_hidden[start:start + rows] = g @ w
+                if dtype == torch.float32:
+                    grad_weight.addmm_(g.t(), h)
+                else:
+                    grad_weight += (g.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(nll_sum)
+        return loss, nll_sum
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor):  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad, grad_weight * grad, None, None, None
+
+
 def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
     """LR factor: linear warmup to 1 over `warmup_steps`, then decay with 1/sqrt(step)."""
     def factor(step: int) -> float:
@@ -265,8 +327,9 @@ class Trainer:
             x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
             last = index == len(inputs) - 1
             with self._autocast(), (nullcontext() if last or self.world == 1 else self.net.no_sync()):
-                logits = self.net(x["src"], x["tgt_in"], x["targets"])  # (targets, V): padded positions skipped
-                loss, nll = label_smoothed_loss(logits, x["tgt_out"].view(-1)[x["targets"]], self.config.label_smoothing)
+                hidden = self.net(x["src"], x["tgt_in"], x["targets"], project=False)  # (targets, D): padding skipped
+                loss, nll = projected_label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]],
+                                                          self.config.label_smoothing)
                 (loss * self.world / n_target).backward()
             total_loss = total_loss + loss.detach().float()
             total_nll = total_nll + nll.float()

@@ -14,7 +14,7 @@ from nmt.data import collate, tokenize_corpus
 from nmt.errors import CheckpointError
 from nmt.model import Transformer
 from nmt.tokenizer import PAD_ID, prepare_tokenizer
-from nmt.train import Trainer, inverse_sqrt, label_smoothed_loss
+from nmt.train import Trainer, inverse_sqrt, label_smoothed_loss, projected_label_smoothed_loss
 
 
 def test_label_smoothed_loss_matches_definition() -> None:
@@ -28,6 +28,26 @@ def test_label_smoothed_loss_matches_definition() -> None:
     expected = 0.8 * expected_nll + 0.2 * (-log_probs.mean(-1)[mask].sum())
     torch.testing.assert_close(nll, expected_nll)
     torch.testing.assert_close(loss, expected)
+
+
+def test_projected_loss_equals_autograd_through_the_logits() -> None:
+    """The chunked loss with its hand-made gradients equals projecting, then `label_smoothed_loss` (float64)."""
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(11, 6, dtype=torch.float64), torch.randn(9, 6, dtype=torch.float64)
+    target = torch.tensor([1, 4, PAD_ID, 8, 2, PAD_ID, 3, 3, 5, 7, 1])
+    for smoothing in (0.0, 0.1):
+        h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        logits = h1 @ w1.t()
+        logits[:, PAD_ID] = float("-inf")
+        loss, nll = label_smoothed_loss(logits, target, smoothing)
+        (1.5 * loss).backward()
+        h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss2, nll2 = projected_label_smoothed_loss(h2, w2, target, smoothing, chunk_elements=4 * 9)  # 3 chunks
+        (1.5 * loss2).backward()
+        torch.testing.assert_close(loss2, loss)  # both computed in float32
+        torch.testing.assert_close(nll2, nll)
+        torch.testing.assert_close(h2.grad, h1.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_inverse_sqrt_schedule() -> None:
@@ -135,17 +155,17 @@ def test_non_finite_loss_skips_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
     from nmt.errors import TrainingError
 
     trainer = make_trainer(tmp_path, "train.max_steps=30", "train.save_every=4", "train.max_nonfinite=3")
-    real_loss = train_module.label_smoothed_loss
+    real_loss = train_module.projected_label_smoothed_loss
     calls = {"n": 0}
 
-    def flaky(logits, target, smoothing):
+    def flaky(hidden, weight, target, smoothing):
         calls["n"] += 1
-        loss, nll = real_loss(logits, target, smoothing)
+        loss, nll = real_loss(hidden, weight, target, smoothing)
         if calls["n"] == 3 or calls["n"] >= 10:  # one isolated bad batch, then nothing but bad batches
             return loss * float("nan"), nll
         return loss, nll
 
-    monkeypatch.setattr(train_module, "label_smoothed_loss", flaky)
+    monkeypatch.setattr(train_module, "projected_label_smoothed_loss", flaky)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     with pytest.raises(TrainingError, match="not finite for 3 updates in a row at step 12.*step_00000008 is intact"):
         trainer.train()
@@ -166,10 +186,10 @@ def test_out_of_memory_splits_the_batch(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "train.max_steps=3", "model.dropout=0.0")
     real_forward = trainer.model.forward
 
-    def small_batches_only(src, tgt_in, keep=None):
+    def small_batches_only(src, tgt_in, keep=None, project=True):
         if src.size(0) > 8:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(src, tgt_in, keep)
+        return real_forward(src, tgt_in, keep, project)
 
     trainer.model.forward = small_batches_only
     trainer.train()
@@ -234,8 +254,8 @@ def test_skipped_update_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     snapshot = lambda: [t.clone() for t in (*trainer.model.parameters(), *trainer.ema.parameters())]  # noqa: E731
     moments = lambda: [v.clone() for s in trainer.optimizer.state.values() for v in s.values()]  # noqa: E731
     weights, state = snapshot(), moments()
-    real_loss = train_module.label_smoothed_loss
-    monkeypatch.setattr(train_module, "label_smoothed_loss", lambda *a: tuple(x * float("inf") for x in real_loss(*a)))
+    real_loss = train_module.projected_label_smoothed_loss
+    monkeypatch.setattr(train_module, "projected_label_smoothed_loss", lambda *a: tuple(x * float("inf") for x in real_loss(*a)))
     assert trainer._update([list(range(16, 32))]).figures[2] == 0.0  # skipped
     assert all(torch.equal(a, b) for a, b in zip(weights, snapshot()))
     assert all(torch.equal(a, b) for a, b in zip(state, moments()))  # the step count too
