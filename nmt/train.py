@@ -50,15 +50,18 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
 
 
 def projected_label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
-                                  chunk_elements: int = 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
+                                  chunk_elements: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`label_smoothed_loss` of the logits hidden @ weight.T (padding's column -inf), never all made at once.
 
     hidden (n, D) decoder outputs, weight (V, D) the output projection, target (n,). The logits are
     the largest tensors of a step; here they are made `chunk_elements` at a time, and each chunk's
     gradients (softmax minus the smoothed one-hot, then through the projection) are taken at once,
-    so no (n, V) tensor is ever held. On a CPU the small chunks stay in cache and need no fresh
-    pages from the system.
+    so no (n, V) tensor is ever held. On a CPU, chunks of 2^20 logits (4 MB) are reused heap memory,
+    where each (n, V) tensor was fresh pages from the system; a GPU gets larger chunks (2^25), so
+    that kernel launches stay few.
     """
+    if chunk_elements is None:
+        chunk_elements = 2 ** 25 if hidden.is_cuda else 2 ** 20
     return _ProjectedSmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)))
 
 
