@@ -30,83 +30,78 @@ from nmt.tokenizer import PAD_ID
 log = logging.getLogger(__name__)
 
 
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed NLL over non-padding targets.
+def label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
+                        chunk_elements: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed cross-entropy and summed NLL of the logits hidden @ weight.T over non-padding targets.
 
-    logits (..., V), target (...) of the same leading shape. Smoothing spreads `smoothing` of the mass uniformly over the
-    vocabulary but padding (Szegedy et al., 2016), as in the transformer paper: the model gives
-    padding a -inf logit, so it is no class. One log-softmax serves both sums: the (B*T, V)
-    log-probabilities are the largest tensor of a step, so they are made once.
-    """
-    log_probs = torch.log_softmax(logits.reshape(-1, logits.size(-1)).float(), dim=-1)
-    target = target.reshape(-1)
-    nll = F.nll_loss(log_probs, target, ignore_index=PAD_ID, reduction="sum")
-    if smoothing == 0:
-        return nll, nll.detach()
-    assert PAD_ID == 0  # the classes are the columns after it
-    classes = log_probs[:, 1:]
-    uniform = -(classes.sum(-1) * (target != PAD_ID)).sum() / classes.size(-1)
-    return (1 - smoothing) * nll + smoothing * uniform, nll.detach()
+    hidden (n, D) decoder outputs, weight (V, D) the output projection, target (n,). Smoothing
+    spreads `smoothing` of the mass uniformly over the vocabulary but padding (Szegedy et al.,
+    2016), as in the transformer paper; padding's logit is -inf, so it is no class.
 
-
-def projected_label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
-                                  chunk_elements: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`label_smoothed_loss` of the logits hidden @ weight.T (padding's column -inf), never all made at once.
-
-    hidden (n, D) decoder outputs, weight (V, D) the output projection, target (n,). The logits are
-    the largest tensors of a step; here they are made `chunk_elements` at a time, and each chunk's
-    gradients (softmax minus the smoothed one-hot, then through the projection) are taken at once,
-    so no (n, V) tensor is ever held. On a CPU, chunks of 2^20 logits (4 MB) are reused heap memory,
-    where each (n, V) tensor was fresh pages from the system; a GPU gets larger chunks (2^25), so
-    that kernel launches stay few.
+    The logits are the largest tensors of a step, so they are never all made at once: a chunk of
+    `chunk_elements` logits at a time, each chunk's gradients (softmax minus the smoothed one-hot,
+    then through the projection) taken on the spot. On a CPU, chunks of 2^20 logits (4 MB) are
+    reused heap memory, where an (n, V) tensor is fresh pages from the system every step; a GPU
+    gets larger chunks (2^25), so that kernel launches stay few.
     """
     if chunk_elements is None:
         chunk_elements = 2 ** 25 if hidden.is_cuda else 2 ** 20
-    return _ProjectedSmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)))
+    return _SmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)))
 
 
-class _ProjectedSmoothedLoss(torch.autograd.Function):
+def _smoothed_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, smoothing: float,
+                    gradient: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Loss and NLL sums of one chunk of rows, and d(loss)/d(logits) (rows, V) when `gradient`."""
+    assert PAD_ID == 0  # the classes are the columns after it
+    V = w.size(0)
+    x = (h @ w.t()).float()  # (rows, V) logits
+    x[:, PAD_ID] = float("-inf")
+    lse = torch.logsumexp(x, dim=-1)
+    real, zero = t != PAD_ID, x.new_zeros(())
+    nll = torch.where(real, lse - x.gather(1, t[:, None]).squeeze(1), zero)  # -log p(target)
+    loss = (1 - smoothing) * nll
+    if smoothing:  # -mean log p over the real classes
+        loss = loss + smoothing * torch.where(real, lse - x[:, 1:].sum(-1) / (V - 1), zero)
+    if not gradient:
+        return loss.sum(), nll.sum(), None
+    g = x.sub_(lse[:, None]).exp_()  # softmax, in place of the logits; padding's column is 0
+    if smoothing:
+        g[:, 1:] -= smoothing / (V - 1)
+    g[torch.arange(g.size(0), device=g.device), t] -= 1 - smoothing
+    return loss.sum(), nll.sum(), g.mul_(real[:, None])
+
+
+class _SmoothedLoss(torch.autograd.Function):
+    """`label_smoothed_loss` with its gradients made in the forward pass, chunk by chunk."""
+
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,  # type: ignore[override]
                 rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        assert PAD_ID == 0  # the classes are the columns after it
-        device, V = hidden.device.type, weight.size(0)
+        device = hidden.device.type
         # Under autocast the matrix multiplies run in its dtype, spelled out: in-place ops are not autocast.
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        wanted = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if wanted else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if wanted else None
+        gradient = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if gradient else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if gradient else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        nll_sum = torch.zeros_like(loss)
+        nll = torch.zeros_like(loss)
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
             for start in range(0, hidden.size(0), rows):
-                h, t = hidden[start:start + rows].to(dtype), target[start:start + rows]
-                x = (h @ w.t()).float()  # (rows, V) logits
-                x[:, PAD_ID] = float("-inf")
-                lse = torch.logsumexp(x, dim=-1)
-                real, zero = t != PAD_ID, x.new_zeros(())
-                nll = torch.where(real, lse - x.gather(1, t[:, None]).squeeze(1), zero)  # -log p(target)
-                rows_loss = (1 - smoothing) * nll
-                if smoothing:  # -mean log p over the real classes
-                    rows_loss = rows_loss + smoothing * torch.where(real, lse - x[:, 1:].sum(-1) / (V - 1), zero)
-                loss += rows_loss.sum()
-                nll_sum += nll.sum()
-                if not wanted:
-                    continue
-                g = x.sub_(lse[:, None]).exp_()  # softmax, in place of the logits; padding's column is 0
-                if smoothing:
-                    g[:, 1:] -= smoothing / (V - 1)
-                g[torch.arange(g.size(0), device=g.device), t] -= 1 - smoothing
-                g = g.mul_(real[:, None]).to(dtype)
-                grad_hidden[start:start + rows] = g @ w
-                if dtype == torch.float32:
-                    grad_weight.addmm_(g.t(), h)
-                else:
-                    grad_weight += (g.t() @ h).float()
+                h = hidden[start:start + rows].to(dtype)
+                chunk_loss, chunk_nll, g = _smoothed_chunk(h, w, target[start:start + rows], smoothing, gradient)
+                loss += chunk_loss
+                nll += chunk_nll
+                if g is not None:
+                    g = g.to(dtype)
+                    grad_hidden[start:start + rows] = g @ w
+                    if dtype == torch.float32:
+                        grad_weight.addmm_(g.t(), h)
+                    else:
+                        grad_weight += (g.t() @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.mark_non_differentiable(nll_sum)
-        return loss, nll_sum
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor):  # type: ignore[override]
@@ -331,8 +326,8 @@ class Trainer:
             last = index == len(inputs) - 1
             with self._autocast(), (nullcontext() if last or self.world == 1 else self.net.no_sync()):
                 hidden = self.net(x["src"], x["tgt_in"], x["targets"], project=False)  # (targets, D): padding skipped
-                loss, nll = projected_label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]],
-                                                          self.config.label_smoothing)
+                loss, nll = label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]],
+                                                self.config.label_smoothing)
                 (loss * self.world / n_target).backward()
             total_loss = total_loss + loss.detach().float()
             total_nll = total_nll + nll.float()
@@ -498,10 +493,10 @@ class Trainer:
             x = collate([self.valid.src[i] for i in batch], [self.valid.tgt[i] for i in batch], self.model.start_id)
             x = {k: v.to(self.device) for k, v in x.items()}
             with self._autocast():
-                logits = self.model(x["src"], x["tgt_in"])
-            _, nll = label_smoothed_loss(logits, x["tgt_out"], 0.0)
+                hidden = self.model(x["src"], x["tgt_in"], x["targets"], project=False)
+                _, nll = label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]], 0.0)
             total += float(nll)
-            count += int((x["tgt_out"] != PAD_ID).sum())
+            count += x["targets"].numel()
         return total / max(count, 1)
 
     def validate(self) -> None:

@@ -14,38 +14,26 @@ from nmt.data import collate, tokenize_corpus
 from nmt.errors import CheckpointError
 from nmt.model import Transformer
 from nmt.tokenizer import PAD_ID, prepare_tokenizer
-from nmt.train import Trainer, inverse_sqrt, label_smoothed_loss, projected_label_smoothed_loss
+from nmt.train import Trainer, inverse_sqrt, label_smoothed_loss
 
 
-def test_label_smoothed_loss_matches_definition() -> None:
-    logits = torch.randn(2, 3, 7)
-    logits[..., PAD_ID] = float("-inf")  # as the model gives it: padding is no class
-    target = torch.tensor([[1, 4, PAD_ID], [6, 2, 5]])
-    loss, nll = label_smoothed_loss(logits, target, 0.2)
-    log_probs = torch.log_softmax(logits[..., 1:], -1)  # the 6 real classes
-    mask = target != PAD_ID
-    expected_nll = -log_probs.gather(-1, (target - 1).clamp(min=0)[..., None])[..., 0][mask].sum()
-    expected = 0.8 * expected_nll + 0.2 * (-log_probs.mean(-1)[mask].sum())
-    torch.testing.assert_close(nll, expected_nll)
-    torch.testing.assert_close(loss, expected)
-
-
-def test_projected_loss_equals_autograd_through_the_logits() -> None:
-    """The chunked loss with its hand-made gradients equals projecting, then `label_smoothed_loss` (float64)."""
+def test_label_smoothed_loss_and_gradients_match_the_definition() -> None:
+    """Loss, NLL and the hand-made gradients equal autograd through the textbook formula (float64 inputs)."""
     torch.manual_seed(0)
     hidden, weight = torch.randn(11, 6, dtype=torch.float64), torch.randn(9, 6, dtype=torch.float64)
     target = torch.tensor([1, 4, PAD_ID, 8, 2, PAD_ID, 3, 3, 5, 7, 1])
-    for smoothing in (0.0, 0.1):
+    mask = target != PAD_ID
+    for smoothing, chunk in ((0.0, 4 * 9), (0.2, 4 * 9), (0.2, 2 ** 20)):  # 3 chunks of 4 rows, then one
         h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        logits = h1 @ w1.t()
-        logits[:, PAD_ID] = float("-inf")
-        loss, nll = label_smoothed_loss(logits, target, smoothing)
-        (1.5 * loss).backward()
+        log_probs = torch.log_softmax((h1 @ w1.t())[:, 1:], -1)  # the 8 real classes; padding is none
+        expected_nll = -log_probs.gather(-1, (target - 1).clamp(min=0)[:, None])[:, 0][mask].sum()
+        expected = (1 - smoothing) * expected_nll + smoothing * -log_probs.mean(-1)[mask].sum()
+        (1.5 * expected).backward()
         h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        loss2, nll2 = projected_label_smoothed_loss(h2, w2, target, smoothing, chunk_elements=4 * 9)  # 3 chunks
-        (1.5 * loss2).backward()
-        torch.testing.assert_close(loss2, loss)  # both computed in float32
-        torch.testing.assert_close(nll2, nll)
+        loss, nll = label_smoothed_loss(h2, w2, target, smoothing, chunk_elements=chunk)
+        (1.5 * loss).backward()
+        torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-5, atol=1e-5)  # computed in float32
+        torch.testing.assert_close(nll.double(), expected_nll.detach(), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(h2.grad, h1.grad, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-5, atol=1e-6)
 
@@ -73,10 +61,15 @@ def test_loss_falls_on_one_batch(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "model.dropout=0.0")
     batch = list(range(16))
     x = collate([trainer.corpus.src[i] for i in batch], [trainer.corpus.tgt[i] for i in batch], trainer.model.start_id)
-    first = float(label_smoothed_loss(trainer.model(x["src"], x["tgt_in"]), x["tgt_out"], 0.0)[1])
+    def nll() -> float:
+        with torch.no_grad():
+            hidden = trainer.model(x["src"], x["tgt_in"], x["targets"], project=False)
+            return float(label_smoothed_loss(hidden, trainer.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]], 0.0)[1])
+
+    first = nll()
     for _ in range(40):
         trainer._update([batch])
-    last = float(label_smoothed_loss(trainer.model(x["src"], x["tgt_in"]), x["tgt_out"], 0.0)[1])
+    last = nll()
     assert last < first / 3
     # The decoder starts from the padding embedding, which must stay the zero vector (Marian/CTranslate2).
     assert trainer.model.start_id == PAD_ID
@@ -155,7 +148,7 @@ def test_non_finite_loss_skips_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
     from nmt.errors import TrainingError
 
     trainer = make_trainer(tmp_path, "train.max_steps=30", "train.save_every=4", "train.max_nonfinite=3")
-    real_loss = train_module.projected_label_smoothed_loss
+    real_loss = train_module.label_smoothed_loss
     calls = {"n": 0}
 
     def flaky(hidden, weight, target, smoothing):
@@ -165,7 +158,7 @@ def test_non_finite_loss_skips_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
             return loss * float("nan"), nll
         return loss, nll
 
-    monkeypatch.setattr(train_module, "projected_label_smoothed_loss", flaky)
+    monkeypatch.setattr(train_module, "label_smoothed_loss", flaky)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     with pytest.raises(TrainingError, match="not finite for 3 updates in a row at step 12.*step_00000008 is intact"):
         trainer.train()
@@ -254,8 +247,8 @@ def test_skipped_update_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     snapshot = lambda: [t.clone() for t in (*trainer.model.parameters(), *trainer.ema.parameters())]  # noqa: E731
     moments = lambda: [v.clone() for s in trainer.optimizer.state.values() for v in s.values()]  # noqa: E731
     weights, state = snapshot(), moments()
-    real_loss = train_module.projected_label_smoothed_loss
-    monkeypatch.setattr(train_module, "projected_label_smoothed_loss", lambda *a: tuple(x * float("inf") for x in real_loss(*a)))
+    real_loss = train_module.label_smoothed_loss
+    monkeypatch.setattr(train_module, "label_smoothed_loss", lambda *a: tuple(x * float("inf") for x in real_loss(*a)))
     assert trainer._update([list(range(16, 32))]).figures[2] == 0.0  # skipped
     assert all(torch.equal(a, b) for a, b in zip(weights, snapshot()))
     assert all(torch.equal(a, b) for a, b in zip(state, moments()))  # the step count too
