@@ -270,7 +270,7 @@ class Transformer(nn.Module):
         if not project:
             return x
         # A module call when there is an output layer, so that int8 quantization can replace it.
-        logits = F.linear(x, self.tgt_embed.tokens.weight) if self.output is None else self.output(x)  # (B, T, V)
+        logits = F.linear(x, self.output_weight()) if self.output is None else self.output(x)  # (B, T, V)
         logits[..., self.pad_id] = float("-inf")  # padding is never an output (a column write, not a bias add)
         return logits
 
