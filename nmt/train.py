@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -310,7 +309,7 @@ class Trainer:
                 for average, weight in zip(self.ema.parameters(), self.model.parameters()):
                     average.lerp_(weight, rate)
         self.optimizer.zero_grad(set_to_none=True)
-        figures = torch.cat([totals.to(counts.device), applied.double().view(1).to(counts.device), counts.double()])
+        figures = torch.cat([totals, applied.double().view(1), counts])  # all float64, on the device
         return Update(self.progress.step + 1, figures)
 
     def _accumulate(self, inputs: list[dict[str, torch.Tensor]], n_target) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,13 +324,16 @@ class Trainer:
             x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
             last = index == len(inputs) - 1
             with self._autocast(), (nullcontext() if last or self.world == 1 else self.net.no_sync()):
-                hidden = self.net(x["src"], x["tgt_in"], x["targets"], project=False)  # (targets, D): padding skipped
-                loss, nll = label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]],
-                                                self.config.label_smoothing)
+                loss, nll = self._batch_loss(self.net, x, self.config.label_smoothing)
                 (loss * self.world / n_target).backward()
             total_loss = total_loss + loss.detach().float()
             total_nll = total_nll + nll.float()
         return total_loss, total_nll
+
+    def _batch_loss(self, net: torch.nn.Module, x: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss and NLL of one collated batch (on the device) through `net`, the model or its wrapper."""
+        hidden = net(x["src"], x["tgt_in"], x["targets"], project=False)  # (targets, D): padding skipped
+        return label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]], smoothing)
 
     def _after_out_of_memory(self, group: list[list[int]]) -> Optional[tuple[float, float, int, int]]:
         """Retry the update with every batch split in two, and lower the budget of later epochs."""
@@ -361,12 +363,20 @@ class Trainer:
         """Why to stop now, or None; rank 0 decides for all ranks."""
         return distributed.broadcast(self._local_stop_reason(started) if self.rank == 0 else None)
 
-    def _local_stop_reason(self, started: float) -> Optional[str]:
+    def _count_bound(self) -> Optional[str]:
+        """The step or epoch bound reached, if any: the same on every rank, so no collective is needed."""
         c, p = self.config, self.progress
         if p.step >= c.max_steps:
             return f"reached train.max_steps={c.max_steps}"
         if c.max_epochs and p.epoch >= c.max_epochs:
             return f"reached train.max_epochs={c.max_epochs}"
+        return None
+
+    def _local_stop_reason(self, started: float) -> Optional[str]:
+        c, p = self.config, self.progress
+        bound = self._count_bound()
+        if bound is not None:
+            return bound
         if c.max_minutes and time.monotonic() - started >= c.max_minutes * 60:
             return f"reached train.max_minutes={c.max_minutes}"
         if c.patience and p.bad_validations >= c.patience:
@@ -406,7 +416,7 @@ class Trainer:
                 pending.append(update)
                 bar.update(1)
                 if not any(p.step % every == 0 for every in (c.log_every, c.valid_every, c.save_every)) \
-                        and p.step < c.max_steps and not (c.max_epochs and p.epoch >= c.max_epochs):
+                        and self._count_bound() is None:
                     continue
                 self._settle(pending, window)
                 if p.step % c.log_every == 0:
@@ -493,8 +503,7 @@ class Trainer:
             x = collate([self.valid.src[i] for i in batch], [self.valid.tgt[i] for i in batch], self.model.start_id)
             x = {k: v.to(self.device) for k, v in x.items()}
             with self._autocast():
-                hidden = self.model(x["src"], x["tgt_in"], x["targets"], project=False)
-                _, nll = label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]], 0.0)
+                _, nll = self._batch_loss(self.model, x, 0.0)
             total += float(nll)
             count += x["targets"].numel()
         return total / max(count, 1)
