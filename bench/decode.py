@@ -93,11 +93,11 @@ def engine_names(device: torch.device) -> list[str]:
 
 def build_engine(name: str, args: argparse.Namespace, work: Path) -> Callable[[list[str]], list[str]]:
     device = torch.device(args.device)
-    ours = Translator.load(args.model, device=args.device)
     if name.startswith("nmt"):
         quantize = {"nmt_fp32": None, "nmt_int8": "int8", "nmt_bf16": "bf16"}[name]
-        translator = Translator.load(args.model, device=args.device, quantize=quantize) if quantize else ours
+        translator = Translator.load(args.model, device=args.device, quantize=quantize)
         return lambda lines: translator.translate(lines, beam=args.beam)
+    ours = Translator.load(args.model, device=args.device)  # the tokenizer and config for the peers
     if name.startswith("hf"):
         return hf_engine(work / "hf", ours, device, args.beam, args.batch_size, bf16=name == "hf_bf16")
     compute_type = {"ct2_fp32": "float32", "ct2_int8": "int8"}[name]
