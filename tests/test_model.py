@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import load_config
-from nmt.model import Transformer, sinusoidal_table
+from nmt.model import Dropout, Transformer, keep_mask, sinusoidal_table
 
 V = 40
 
@@ -136,3 +136,31 @@ def test_cross_attention_weights_are_distributions() -> None:
     torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 4, 7))
     assert torch.all(weights[1][1, :, :, 6:] == 0)  # padding gets no attention
     torch.testing.assert_close(model(src, tgt), make_model()(src, tgt))  # recording changes nothing
+
+
+def test_cpu_dropout_mask_drops_p_of_every_lane_and_keeps_the_mean() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(1 << 20)
+    for p in (0.1, 0.3):
+        mask = keep_mask(x, p)
+        scale = 1 / (1 - round(p * 65536) / 65536)
+        values = mask.unique().tolist()
+        assert len(values) == 2 and values[0] == 0 and values[1] == pytest.approx(scale)
+        # Each of the four 16-bit numbers cut from one 64-bit draw is uniform, the sign bit included.
+        dropped = (mask.view(-1, 4) == 0).float().mean(0)
+        assert torch.allclose(dropped, torch.full((4,), p), atol=0.004), dropped
+        assert abs(mask.mean().item() - 1) < 0.005  # unbiased: the expected output is the input
+
+
+def test_cpu_dropout_is_seeded_and_its_gradient_is_the_mask() -> None:
+    dropout = Dropout(0.25).train()
+    x = torch.randn(3, 7, 5, requires_grad=True)
+    torch.manual_seed(4)
+    y = dropout(x)
+    torch.manual_seed(4)
+    assert torch.equal(dropout(x), y)  # the global generator decides, so seeding and resume are exact
+    y.sum().backward()
+    assert torch.allclose(x.grad, (y / x).detach())
+    assert ((x.grad == 0) | torch.isclose(x.grad, torch.tensor(1 / 0.75), atol=1e-4)).all()
+    assert 0 < (x.grad == 0).sum() < x.numel()
+    assert torch.equal(dropout.eval()(x), x)
