@@ -48,30 +48,36 @@ def label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torc
     return _SmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)))
 
 
-def _smoothed_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, smoothing: float,
+def _smoothed_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, u: torch.Tensor, smoothing: float,
                     gradient: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Loss and NLL sums of one chunk of rows, and d(loss)/d(logits) (rows, V) when `gradient`."""
+    """Loss and NLL sums of one chunk of rows, and the softmax (rows, V) when `gradient`.
+
+    u (D,) is the sum of the real classes' weight rows, so a row's logit sum over the real classes
+    is h @ u, without a pass over the logits. Only two passes touch all of them besides the matrix
+    multiply: the row-wise fused log-softmax, and exp for the softmax.
+    """
     assert PAD_ID == 0  # the classes are the columns after it
     V = w.size(0)
     x = (h @ w.t()).float()  # (rows, V) logits
     x[:, PAD_ID] = float("-inf")
-    lse = torch.logsumexp(x, dim=-1)
+    log_probs = torch.log_softmax(x, dim=-1)
     real, zero = t != PAD_ID, x.new_zeros(())
-    nll = torch.where(real, lse - x.gather(1, t[:, None]).squeeze(1), zero)  # -log p(target)
+    nll = torch.where(real, -log_probs.gather(1, t[:, None]).squeeze(1), zero)  # -log p(target)
     loss = (1 - smoothing) * nll
-    if smoothing:  # -mean log p over the real classes
-        loss = loss + smoothing * torch.where(real, lse - x[:, 1:].sum(-1) / (V - 1), zero)
-    if not gradient:
-        return loss.sum(), nll.sum(), None
-    g = x.sub_(lse[:, None]).exp_()  # softmax, in place of the logits; padding's column is 0
-    if smoothing:
-        g[:, 1:] -= smoothing / (V - 1)
-    g[torch.arange(g.size(0), device=g.device), t] -= 1 - smoothing
-    return loss.sum(), nll.sum(), g.mul_(real[:, None])
+    if smoothing:  # -mean log p over the real classes = log-normaliser - mean logit
+        normaliser = x.gather(1, t[:, None]).squeeze(1) + nll  # logit - log p of the target
+        loss = loss + smoothing * torch.where(real, normaliser - (h.float() @ u) / (V - 1), zero)
+    return loss.sum(), nll.sum(), log_probs.exp_() if gradient else None
 
 
 class _SmoothedLoss(torch.autograd.Function):
-    """`label_smoothed_loss` with its gradients made in the forward pass, chunk by chunk."""
+    """`label_smoothed_loss` with its gradients made in the forward pass, chunk by chunk.
+
+    d(loss)/d(logits) is softmax - (1 - s) one_hot(target) - s / (V - 1) on the real classes, on
+    real rows. Only the softmax goes through the matrix multiplies; the two constant parts are
+    added to the gradients directly: rows of the weight for the hidden states' gradient, hidden
+    rows (and their sum) into the weight's gradient. No pass over the logits is spent on them.
+    """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,  # type: ignore[override]
@@ -84,20 +90,31 @@ class _SmoothedLoss(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if gradient else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         nll = torch.zeros_like(loss)
+        V = weight.size(0)
+        uniform = smoothing / (V - 1)
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
+            u = weight[PAD_ID + 1:].float().sum(0)  # (D,) the real classes' rows summed
+            real_sum = torch.zeros(weight.size(1), dtype=torch.float32, device=hidden.device)
             for start in range(0, hidden.size(0), rows):
-                h = hidden[start:start + rows].to(dtype)
-                chunk_loss, chunk_nll, g = _smoothed_chunk(h, w, target[start:start + rows], smoothing, gradient)
+                h, t = hidden[start:start + rows].to(dtype), target[start:start + rows]
+                chunk_loss, chunk_nll, softmax = _smoothed_chunk(h, w, t, u, smoothing, gradient)
                 loss += chunk_loss
                 nll += chunk_nll
-                if g is not None:
-                    g = g.to(dtype)
-                    grad_hidden[start:start + rows] = g @ w
-                    if dtype == torch.float32:
-                        grad_weight.addmm_(g.t(), h)
-                    else:
-                        grad_weight += (g.t() @ h).float()
+                if softmax is None:
+                    continue
+                real = (t != PAD_ID)[:, None]
+                g_h = (softmax.to(dtype) @ w).float() - (1 - smoothing) * weight[t].float() - uniform * u
+                grad_hidden[start:start + rows] = g_h * real
+                h_real = (h * real).float()  # padding rows send no gradient anywhere
+                if dtype == torch.float32:
+                    grad_weight.addmm_(softmax.t(), h_real)
+                else:
+                    grad_weight += (softmax.to(dtype).t() @ h_real.to(dtype)).float()
+                grad_weight.index_add_(0, t, h_real, alpha=-(1 - smoothing))
+                real_sum += h_real.sum(0)
+            if gradient and smoothing:
+                grad_weight[PAD_ID + 1:] -= uniform * real_sum
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(nll)
         return loss, nll
