@@ -38,6 +38,25 @@ def test_label_smoothed_loss_and_gradients_match_the_definition() -> None:
         torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_label_smoothed_loss_under_bf16_autocast_follows_fp32() -> None:
+    """The bf16 branch (the default on CUDA) runs here under CPU autocast: same loss and gradients to bf16 precision."""
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(40, 16), torch.randn(50, 16) * 0.3
+    target = torch.randint(1, 50, (40,))
+    target[5] = PAD_ID
+    results = []
+    for bf16 in (False, True):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, nll = label_smoothed_loss(h, w, target, 0.1, chunk_elements=8 * 50)  # 5 chunks
+        loss.backward()
+        assert loss.dtype == torch.float32 and h.grad.dtype == w.grad.dtype == torch.float32
+        results.append((loss.detach(), nll, h.grad, w.grad))
+    for exact, approximate in zip(*results):
+        torch.testing.assert_close(approximate, exact, rtol=2e-2, atol=2e-2)
+    assert torch.all(results[1][2][5] == 0)  # the padding row gets no gradient
+
+
 def test_inverse_sqrt_schedule() -> None:
     factor = inverse_sqrt(100)
     assert factor(0) == pytest.approx(0.01) and factor(99) == pytest.approx(1.0)
