@@ -7,10 +7,10 @@
 # DATA_DIR holds Multi30k Task 1 ({train,val,test_2016_flickr}.{en,de,fr}[.gz]). Environment:
 #   PAIRS="en-de en-fr"   recipes to run (empty: none)      MINUTES=5   training minutes per recipe
 #   DEVICE=cuda           cpu for a dry run                 EXTRA=""    more --set options for the recipes
-#   BENCH="decode train"  benchmarks to run (empty: none)
+#   BENCH="decode train profile"  benchmarks to run (empty: none); profile: where the time goes (profile_ops.py)
 set -euo pipefail
 data="$1" out="$2"
-device="${DEVICE:-cuda}" minutes="${MINUTES:-5}" pairs="${PAIRS-en-de en-fr}" benches="${BENCH-decode train}"
+device="${DEVICE:-cuda}" minutes="${MINUTES:-5}" pairs="${PAIRS-en-de en-fr}" benches="${BENCH-decode train profile}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$out"
 file() { [[ -f "$data/$1" ]] && echo "$data/$1" || echo "$data/$1.gz"; }
@@ -35,4 +35,12 @@ if [[ " $benches " == *" decode "* ]]; then
 fi
 if [[ " $benches " == *" train "* ]]; then
   python "$here/bench/train_speed.py" --data "$data" --device "$device" --compile --json "$out/train_speed_$device.json"
+fi
+if [[ " $benches " == *" profile "* ]]; then
+  python "$here/bench/profile_ops.py" train --data "$data" --device "$device" --json "$out/profile_train_$device.json"
+  python "$here/bench/profile_ops.py" train --data "$data" --device "$device" --engine hf --json "$out/profile_train_hf_$device.json"
+  if [[ -d "$out/en-de" ]]; then
+    python "$here/bench/profile_ops.py" decode --model "$out/en-de" --src "$(file test_2016_flickr.en)" --device "$device" \
+      --json "$out/profile_decode_$device.json"
+  fi
 fi

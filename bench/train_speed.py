@@ -19,16 +19,17 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from nmt.config import load_config
-from nmt.data import collate, make_batches, read_corpus, tokenize_corpus
+from nmt.config import Config, load_config
+from nmt.data import TokenizedCorpus, collate, make_batches, read_corpus, tokenize_corpus
 from nmt.model import Transformer, count_parameters
-from nmt.tokenizer import EOS_ID, PAD_ID, prepare_tokenizer
+from nmt.tokenizer import EOS_ID, PAD_ID, Tokenizer, prepare_tokenizer
 from nmt.train import Trainer
 
 
@@ -107,8 +108,19 @@ def matmul_peak(device: torch.device) -> float:
     return 2 * 8192 ** 3 * n / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@dataclass
+class Setup:
+    """What every engine trains on: the config, the tokenized corpus and its token-budget batches."""
+    config: Config
+    tokenizer: Tokenizer
+    corpus: TokenizedCorpus
+    batches: list[list[int]]
+    device: torch.device
+    bf16: bool
+    work: Path
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="directory with train.SRC/.TGT (gz or not)")
     parser.add_argument("--src", default="en", help="source language")
     parser.add_argument("--tgt", default="de", help="target language")
@@ -116,13 +128,10 @@ def main() -> None:
     parser.add_argument("--shape", default=None, help="model preset (default: small on cpu, base on cuda)")
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (default 6000 cpu, 25000 cuda)")
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: fp32 on cpu, bf16 on cuda")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per engine")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per engine per round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per engine before the first round")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--compile", action="store_true", help="also time nmt with train.compile (torch.compile)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    args = parser.parse_args()
+
+
+def setup(args: argparse.Namespace) -> Setup:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,25 +140,51 @@ def main() -> None:
     max_tokens = args.max_tokens or (6000 if device.type == "cpu" else 25000)
     config = load_config(None, [f"model.preset={shape}", "model.norm_first=false", f"train.max_tokens={max_tokens}",
                                 f"train.precision={'bf16' if bf16 else 'fp32'}", "tokenizer.vocab_size=8000"])
-
     src, tgt = read_corpus(str(Path(args.data) / "train"), args.src, args.tgt)
     work = Path(tempfile.mkdtemp(prefix="nmt-bench-"))
     tokenizer = prepare_tokenizer(config.tokenizer, work, src, tgt)
     corpus = tokenize_corpus(src, tgt, tokenizer, replace(config.data, cache_dir=str(work / "cache")), "bench")
     batches = make_batches([len(s) for s in corpus.src], [len(t) for t in corpus.tgt], max_tokens, 1, 0)
-    needed = args.warmup + args.rounds * args.steps
-    batches = (batches * (needed // len(batches) + 1))[:needed]
+    return Setup(config, tokenizer, corpus, batches, device, bf16, work)
 
-    torch.manual_seed(1)
-    ours = Transformer(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    trainer = Trainer(ours, config.train, work, corpus, device=device)
-    theirs = HFLoop(marian(config, tokenizer.src_vocab_size), config, corpus, device, bf16)
-    engines = {"nmt": lambda b: trainer._update([b]), "hf": theirs.step}
-    if args.compile:
+
+def make_engines(s: Setup, names: list[str]) -> dict[str, tuple[Callable[[list[int]], None], torch.nn.Module]]:
+    """Each engine's training step on one batch, and its model; every model starts from seed 1."""
+    engines = {}
+    for name in names:
         torch.manual_seed(1)
-        twin = Transformer(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-        compiled = Trainer(twin, replace(config.train, compile=True), work / "compiled", corpus, device=device)
-        engines["nmt_compiled"] = lambda b: compiled._update([b])
+        if name == "hf":
+            loop = HFLoop(marian(s.config, s.tokenizer.src_vocab_size), s.config, s.corpus, s.device, s.bf16)
+            engines[name] = (loop.step, loop.model)
+            continue
+        model = Transformer(s.config.model, s.tokenizer.src_vocab_size, s.tokenizer.tgt_vocab_size)
+        train_config = replace(s.config.train, compile=name == "nmt_compiled")
+        trainer = Trainer(model, train_config, s.work / name, s.corpus, device=s.device)
+        engines[name] = (_update_step(trainer), model)
+    return engines
+
+
+def _update_step(trainer: Trainer) -> Callable[[list[int]], None]:
+    return lambda batch: trainer._update([batch])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_setup_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per engine")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per engine per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per engine before the first round")
+    parser.add_argument("--compile", action="store_true", help="also time nmt with train.compile (torch.compile)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args()
+    s = setup(args)
+    config, tokenizer, corpus, device, bf16 = s.config, s.tokenizer, s.corpus, s.device, s.bf16
+    needed = args.warmup + args.rounds * args.steps
+    batches = (s.batches * (needed // len(s.batches) + 1))[:needed]
+    built = make_engines(s, ["nmt", "hf"] + (["nmt_compiled"] if args.compile else []))
+    engines = {name: run for name, (run, _) in built.items()}
+    ours = built["nmt"][1]
+    shape, max_tokens = config.model.preset, config.train.max_tokens
 
     warmup = {name: timed(run, batches[: args.warmup], corpus, device) for name, run in engines.items()}
     warmup_seconds = {name: round(seconds, 1) for name, (seconds, _) in warmup.items()}
