@@ -62,7 +62,7 @@ def summarise(prof, cuda: bool, rows: int) -> dict:
 
 def profile_train(args: argparse.Namespace) -> dict:
     s = setup(args)
-    run, model = make_engines(s, [args.engine])[args.engine]
+    run, _ = make_engines(s, [args.engine])[args.engine]
     batches = s.batches[: args.warmup + args.steps]
     for batch in batches[: args.warmup]:
         run(batch)

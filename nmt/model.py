@@ -74,7 +74,7 @@ def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
 
 
 class Dropout(nn.Module):
-    """`nn.Dropout` with a cheaper mask on the CPU, where torch's `bernoulli_` spends ~8 ns a number.
+    """`nn.Dropout` with a cheaper mask on the CPU, where torch's `bernoulli_` spends ~7 ns a number.
 
     One 64-bit draw of the generator gives four 16-bit numbers; an element is kept when its number
     is at least p * 65536 (rounded), so the dropped fraction is p to within 1/131072, and kept
