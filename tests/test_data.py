@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from pathlib import Path
 
 import datasets
@@ -110,6 +111,18 @@ def test_batches_respect_budget_and_cover_everything() -> None:
         assert len(b) == 1 or len(b) * (max(src_lengths[i] for i in b) + 1 + max(tgt_lengths[i] for i in b) + 1) <= 120
     assert make_batches(src_lengths, tgt_lengths, 120, 1, 0) == batches
     assert make_batches(src_lengths, tgt_lengths, 120, 1, 1) != batches
+
+
+def test_batches_pad_little_when_target_lengths_vary() -> None:
+    # Target lengths scatter around the source's, as in real pairs. Sorted by source length alone
+    # these batches are 89.7% real tokens; sorted by the longer side first, 92.2%.
+    rng = random.Random(0)
+    src_lengths = [rng.randint(5, 30) for _ in range(3000)]
+    tgt_lengths = [max(1, s + rng.randint(-6, 6)) for s in src_lengths]
+    batches = make_batches(src_lengths, tgt_lengths, max_tokens=2000, seed=1, epoch=0)
+    real = sum(src_lengths[i] + tgt_lengths[i] + 2 for b in batches for i in b)
+    padded = sum(len(b) * (max(src_lengths[i] for i in b) + max(tgt_lengths[i] for i in b) + 2) for b in batches)
+    assert real / padded > 0.91
 
 
 def test_collate_adds_specials() -> None:
