@@ -65,13 +65,15 @@ def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int
 
 
 def ct2_engine(model_dir: Path, work: Path, translator: Translator, compute_type: str, beam: int, batch_size: int,
-               threads: int) -> Callable[[list[str]], list[str]]:
+               threads: int, workers: int = 1) -> Callable[[list[str]], list[str]]:
     import ctranslate2
 
     target = work / f"ct2-{compute_type}"
     if not target.exists():  # the first round converts; later rounds reuse it
         export_ct2(model_dir, target, compute_type if compute_type != "float32" else None)
-    engine = ctranslate2.Translator(str(target), device="cpu", compute_type=compute_type, intra_threads=threads)
+    # inter_threads > 1: that many batches decoded at once, each by one thread (as nmt's workers).
+    engine = ctranslate2.Translator(str(target), device="cpu", compute_type=compute_type,
+                                    intra_threads=threads if workers == 1 else 1, inter_threads=workers)
     d, tok = translator.config.decode, translator.tokenizer
 
     def run(lines: list[str]) -> list[str]:
@@ -84,24 +86,29 @@ def ct2_engine(model_dir: Path, work: Path, translator: Translator, compute_type
     return run
 
 
-def engine_names(device: torch.device) -> list[str]:
+def engine_names(device: torch.device, workers: int) -> list[str]:
     # int8 on CPU, bf16 on CUDA: each device's reduced-precision mode; CTranslate2 rows on CPU.
+    # With workers, nmt (`--workers`) and CTranslate2 (`inter_threads`) also decode that many batches
+    # at once, one thread each; HF `generate` has no such mode.
     if device.type == "cpu":
-        return ["nmt_fp32", "nmt_int8", "hf_fp32", "ct2_fp32", "ct2_int8"]
+        parallel = [f"{e}_{p}_w{workers}" for p in ("fp32", "int8") for e in ("nmt", "ct2")] if workers > 1 else []
+        return ["nmt_fp32", "nmt_int8", "hf_fp32", "ct2_fp32", "ct2_int8", *parallel]
     return ["nmt_fp32", "nmt_bf16", "hf_fp32", "hf_bf16"]
 
 
 def build_engine(name: str, args: argparse.Namespace, work: Path) -> Callable[[list[str]], list[str]]:
     device = torch.device(args.device)
+    name, _, workers = name.partition("_w")
+    workers = int(workers or 1)
     if name.startswith("nmt"):
         quantize = {"nmt_fp32": None, "nmt_int8": "int8", "nmt_bf16": "bf16"}[name]
         translator = Translator.load(args.model, device=args.device, quantize=quantize)
-        return lambda lines: translator.translate(lines, beam=args.beam)
+        return lambda lines: translator.translate(lines, beam=args.beam, workers=workers)
     ours = Translator.load(args.model, device=args.device)  # the tokenizer and config for the peers
     if name.startswith("hf"):
         return hf_engine(work / "hf", ours, device, args.beam, args.batch_size, bf16=name == "hf_bf16")
     compute_type = {"ct2_fp32": "float32", "ct2_int8": "int8"}[name]
-    return ct2_engine(args.model, work, ours, compute_type, args.beam, args.batch_size, torch.get_num_threads())
+    return ct2_engine(args.model, work, ours, compute_type, args.beam, args.batch_size, torch.get_num_threads(), workers)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -120,6 +127,9 @@ def worker(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     (args.work / f"{args.worker}.out").write_text("".join(line + "\n" for line in outputs), encoding="utf-8")
     memory = {"process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if children:  # nmt's forked decoding workers: the largest one's peak (they share the model's pages)
+        memory["worker_peak_rss_mib"] = round(children / 1024)
     if device.type == "cuda" and not args.worker.startswith("ct2"):
         memory["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     print(json.dumps({"seconds": seconds, **memory}))
@@ -135,6 +145,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch for HF and CTranslate2")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the whole set")
     parser.add_argument("--limit", type=int, default=1000, help="sentences used")
+    parser.add_argument("--workers", type=int, default=2, help="on CPU, also rows for nmt and CTranslate2 decoding "
+                        "this many batches at once, one thread each; 1: no such rows")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one engine
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
@@ -146,7 +158,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nmt-decode-"))
     export_hf(args.model, work / "hf")
     ours = Translator.load(args.model, device="cpu")
-    names, skipped = engine_names(device), {}
+    names, skipped = engine_names(device, args.workers), {}
     try:
         import ctranslate2  # noqa: F401
     except ImportError:
@@ -187,6 +199,13 @@ def main() -> None:
     result["ratio_nmt_over_hf"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["hf_fp32"]["sentences_per_s"], 2)
     if "ct2_fp32" in rows:
         result["ratio_nmt_over_ct2_fp32"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["ct2_fp32"]["sentences_per_s"], 2)
+    parallel = f"nmt_fp32_w{args.workers}"
+    if parallel in rows:  # each engine at its best setting here: fp32, workers or not
+        best = lambda prefix: max(v["sentences_per_s"] for k, v in rows.items() if k.startswith(prefix))  # noqa: E731
+        result["ratio_nmt_workers_over_hf"] = round(rows[parallel]["sentences_per_s"] / rows["hf_fp32"]["sentences_per_s"], 2)
+        if "ct2_fp32" in rows:
+            result["ratio_best_nmt_fp32_over_best_ct2_fp32"] = round(best("nmt_fp32") / best("ct2_fp32"), 2)
+            result["ratio_best_nmt_int8_over_best_ct2_int8"] = round(best("nmt_int8") / best("ct2_int8"), 2)
     if "ct2_int8" in rows and "nmt_int8" in rows:
         result["ratio_nmt_int8_over_ct2_int8"] = round(rows["nmt_int8"]["sentences_per_s"] / rows["ct2_int8"]["sentences_per_s"], 2)
     if "hf_bf16" in rows:

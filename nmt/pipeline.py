@@ -80,12 +80,12 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
 
 
 def _translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
-                     device: torch.device, show_progress: bool = False) -> list[list[tuple[str, float]]]:
+                     device: torch.device, show_progress: bool = False, workers: int = 1) -> list[list[tuple[str, float]]]:
     """(text, score) hypotheses per line, best first; empty (or all-space) lines give one empty hypothesis."""
     todo = [i for i, line in enumerate(lines) if line.strip()]
     ids = tokenizer.encode_src([lines[i].strip() for i in todo])
     with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_progress, mininterval=1.0) as bar:
-        hyps = translate_ids(model, ids, decode, device, progress=bar.update)
+        hyps = translate_ids(model, ids, decode, device, progress=bar.update, workers=workers)
     out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
     for index, found in zip(todo, hyps):
         out[index] = list(zip(tokenizer.decode_tgt([h.tokens for h in found]), (h.score for h in found)))
@@ -93,9 +93,9 @@ def _translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[s
 
 
 def _translate_texts(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
-                     device: torch.device, show_progress: bool = False) -> list[str]:
+                     device: torch.device, show_progress: bool = False, workers: int = 1) -> list[str]:
     """The best translation of each line; empty lines map to empty lines."""
-    return [found[0][0] for found in _translate_nbest(model, tokenizer, lines, decode, device, show_progress)]
+    return [found[0][0] for found in _translate_nbest(model, tokenizer, lines, decode, device, show_progress, workers)]
 
 
 def _prepare_data(config: Config, run_dir: Path, resuming: bool) -> tuple[Tokenizer, TokenizedCorpus, list[str], list[str]]:
@@ -201,16 +201,29 @@ class Translator:
         validate(replace(self.config, decode=settings))
         return settings
 
-    def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False, **decode) -> list[str]:
-        """Translate lines; `beam` and other DecodeConfig fields override the model's stored decode settings."""
+    def _check_workers(self, workers: int) -> None:
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        if workers > 1 and self.device.type != "cpu":
+            raise ConfigError(f"--workers {workers}: several decoding processes are for the CPU; "
+                              f"on {self.device.type} use 1")
+
+    def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False,
+                  workers: int = 1, **decode) -> list[str]:
+        """Translate lines; `beam` and other DecodeConfig fields override the model's stored decode settings.
+
+        `workers` > 1 decodes in that many CPU processes of one thread each (see `translate_ids`).
+        """
         settings = self._settings(beam, decode)
-        return _translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress)
+        self._check_workers(workers)
+        return _translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers)
 
     def translate_nbest(self, lines: Sequence[str], nbest: int, beam: Optional[int] = None,
-                        show_progress: bool = False, **decode) -> list[list[tuple[str, float]]]:
+                        show_progress: bool = False, workers: int = 1, **decode) -> list[list[tuple[str, float]]]:
         """The `nbest` best (text, score) pairs per line; score is log-probability / length**length_penalty."""
         settings = self._settings(beam, {**decode, "nbest": nbest})
-        return _translate_nbest(self.model, self.tokenizer, lines, settings, self.device, show_progress)
+        self._check_workers(workers)
+        return _translate_nbest(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers)
 
 
 def write_lines_atomic(lines: Sequence[str], output: Path) -> None:
@@ -232,7 +245,7 @@ def _read_input(input_path: Optional[Path], stdin: TextIO) -> list[str]:
 
 def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Optional[Path], beam: Optional[int],
                    device: str = "auto", nbest: int = 1, stdin: Optional[TextIO] = None,
-                   stdout: Optional[TextIO] = None, quantize: Optional[str] = None) -> int:
+                   stdout: Optional[TextIO] = None, quantize: Optional[str] = None, workers: int = 1) -> int:
     """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the line count.
 
     With nbest > 1 each input line gives `nbest` lines "INDEX ||| TRANSLATION ||| SCORE" (index from 0).
@@ -244,9 +257,9 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     translator = Translator.load(model_dir, device, quantize)
     lines = _read_input(input_path, stdin or sys.stdin)
     if nbest == 1:
-        out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100)
+        out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100, workers=workers)
     else:
-        found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=len(lines) > 100)
+        found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=len(lines) > 100, workers=workers)
         out = [f"{i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(found) for text, score in hyps]
     if output_path is None:
         stdout = stdout or sys.stdout
@@ -263,13 +276,14 @@ def evaluate_files(hyp_path: Path, ref_path: Path) -> dict:
 
 
 def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path, beam: Optional[int] = None,
-                   device: str = "auto", output_path: Optional[Path] = None, quantize: Optional[str] = None) -> dict:
+                   device: str = "auto", output_path: Optional[Path] = None, quantize: Optional[str] = None,
+                   workers: int = 1) -> dict:
     """Translate `src_path` with the model and score it against `ref_path`."""
     src, refs = read_lines(src_path), read_lines(ref_path)
     if len(src) != len(refs):
         raise NMTError(f"{src_path} has {len(src)} lines but {ref_path} has {len(refs)}; they must be line-aligned")
     translator = Translator.load(model_dir, device, quantize)
-    hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100)
+    hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers)
     if output_path is not None:
         write_lines_atomic(hyps, output_path)
     result = score(hyps, refs, where=str(src_path))

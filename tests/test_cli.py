@@ -74,6 +74,11 @@ def test_translate_files_and_eval_hyp(trained: Path, toy_corpus: Path, tmp_path:
     result = invoke("translate", "--model", trained, "--input", toy_corpus / "test.xx", "--output", out, "--beam", "3")
     assert result.exit_code == 0, result.output
     assert len(out.read_text().splitlines()) == len((toy_corpus / "test.xx").read_text().splitlines())
+    forked = tmp_path / "forked.yy"
+    result = invoke("translate", "--model", trained, "--input", toy_corpus / "test.xx", "--output", forked, "--beam", "3",
+                    "--workers", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert forked.read_text() == out.read_text()
     text = invoke("eval", "--hyp", out, "--ref", toy_corpus / "test.yy")
     assert text.exit_code == 0 and "BLEU" in text.stdout and "chrF2" in text.stdout
 
@@ -99,6 +104,7 @@ def test_bad_config_and_options(tmp_path: Path, toy_corpus: Path, trained: Path)
     assert_error(invoke("train", "--run-dir", tmp_path / "r", *sets("model.n_heads=7")), "n_heads (7)")
     assert_error(invoke("train", "--run-dir", tmp_path / "r", "--config", tmp_path / "none.yaml"), "none.yaml")
     assert_error(invoke("translate", "--model", trained, "--beam", "0", input="ka\n"), "--beam must be >= 1")
+    assert_error(invoke("translate", "--model", trained, "--workers", "0", input="ka\n"), "--workers must be >= 1")
     assert_error(invoke("eval", "--hyp", toy_corpus / "test.yy"), "--ref")
     assert not (tmp_path / "r" / "checkpoints").exists()
 

@@ -106,6 +106,18 @@ def test_batching_and_order_do_not_change_translations() -> None:
     assert batched == one_by_one == small_batches
 
 
+def test_worker_processes_change_nothing() -> None:
+    """Batches decoded in forked workers come back in input order, with the same hypotheses."""
+    model, srcs = make_model(), sources(12, seed=3)
+    config = load_config(None, ["decode.beam=3", "decode.max_tokens=40", "decode.nbest=2"]).decode
+    done: list[int] = []
+    alone = translate_ids(model, srcs, config)
+    forked = translate_ids(model, srcs, config, workers=2, progress=done.append)
+    assert [[(h.tokens, round(h.score, 5)) for h in found] for found in forked] == \
+        [[(h.tokens, round(h.score, 5)) for h in found] for found in alone]
+    assert sum(done) == len(srcs) and len(done) > 2  # several batches, each reported
+
+
 def test_chunked_top_k_equals_topk() -> None:
     """The chunked top-k finds the same values as torch.topk, at their own columns."""
     torch.manual_seed(0)
