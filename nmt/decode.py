@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -190,6 +191,8 @@ def _worker_start() -> None:
     # One thread: a child forked from a parent that has run OpenMP threads hangs in its first
     # parallel region (GNU libgomp), so workers never start one.
     torch.set_num_threads(1)
+    # Ctrl-C is the parent's to handle: it stops the pool, instead of every worker printing a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_decode(number: int) -> tuple[int, list[list[Hypothesis]]]:
