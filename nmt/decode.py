@@ -184,7 +184,7 @@ def _decode_batch(model: Transformer, src: torch.Tensor, config: DecodeConfig) -
 
 # What a forked decoding worker reads: the model and the batches, inherited from the parent at fork,
 # so nothing is pickled but batch numbers going out and hypotheses coming back.
-_worker_job: Optional[tuple[Transformer, list[list[int]], DecodeConfig]] = None
+_worker_job: Optional[tuple[Transformer, list[list[list[int]]], DecodeConfig]] = None  # model, batches of ids, settings
 
 
 def _worker_start() -> None:
