@@ -35,13 +35,19 @@ def _step_candidates(model: Transformer, last: torch.Tensor, memory: torch.Tenso
     produced (padding's logit is already -inf); rows in `at_limit` have EOS as their only candidate.
     """
     logits = model.decode(last, memory, src_mask, cache)[:, -1].float()
-    normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+    bos = logits[:, BOS_ID].clone()
     logits[:, BOS_ID] = float("-inf")
     values, tokens = top_k(logits, min(k, logits.size(-1)))  # in no order: the caller ranks them
+    # The log-normaliser over every token, BOS included, as torch.logsumexp computes it, but in the
+    # logits' own memory, which is no longer needed: no (N, V) temporary, and the row maximum is
+    # the best candidate's or BOS's logit, without another pass.
+    top = torch.maximum(values.amax(-1, keepdim=True), bos[:, None])
     if at_limit is not None:
         eos = logits[at_limit, EOS_ID]
         values[at_limit], tokens[at_limit] = float("-inf"), EOS_ID
         values[at_limit, 0] = eos
+    logits[:, BOS_ID] = bos
+    normaliser = logits.sub_(top).exp_().sum(-1, keepdim=True).log_().add_(top)
     return values - normaliser, tokens
 
 
