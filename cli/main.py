@@ -78,7 +78,7 @@ def translate(
     quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 quantization of linear layers (CPU); "
                                                          "bf16: bfloat16 weights and activations (GPU).")] = None,
     workers: Annotated[int, typer.Option(help="CPU decoding processes of one thread each, e.g. one per core "
-                                              "(2 on 2 cores: ~15% faster than 1); output unchanged.")] = 1,
+                                              "(2 on 2 cores: ~10% faster than 1); output unchanged.")] = 1,
 ) -> None:
     """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
     from nmt.pipeline import translate_file

@@ -216,7 +216,7 @@ def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: 
 
     `workers` > 1 (CPU only) decodes batches in that many forked processes of one thread each, which
     share the model's memory: decoding's many small operations keep threads waiting on each other,
-    so on 2 cores two one-thread processes translate ~15% more sentences a second than one
+    so on 2 cores two one-thread processes translate ~10% more sentences a second than one
     two-thread process, as CTranslate2's `inter_threads` and Marian's CPU workers do. The output is
     the same.
     """
