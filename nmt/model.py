@@ -62,9 +62,13 @@ class Cache:
             for name in ("k", "v"):
                 if name in layer:
                     old = layer[name]
-                    layer[name] = old.new_empty(rows.numel(), *old.shape[1:])
-                    # Only the filled positions are copied, straight into the new buffer.
-                    torch.index_select(old[:, : self.length], 0, rows, out=layer[name][:, : self.length])
+                    layer[name] = new = old.new_empty(rows.numel(), *old.shape[1:])
+                    # Only the filled positions are copied, straight into the new buffer: seen as
+                    # (rows, positions * H * D/H) matrices, which index_select copies row by row
+                    # (several times faster than the same copy of the 4-D views).
+                    width = self.length * old.size(2) * old.size(3)
+                    torch.index_select(old.view(old.size(0), -1)[:, :width], 0, rows,
+                                       out=new.view(new.size(0), -1)[:, :width])
             if sentences is not None:
                 for name in ("memory_k", "memory_v"):
                     if name in layer:
