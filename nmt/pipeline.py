@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sys
 from dataclasses import replace
@@ -207,6 +208,8 @@ class Translator:
         if workers > 1 and self.device.type != "cpu":
             raise ConfigError(f"--workers {workers}: several decoding processes are for the CPU; "
                               f"on {self.device.type} use 1")
+        if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
+            raise ConfigError(f"--workers {workers}: decoding processes are forked, which this platform cannot do; use 1")
 
     def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False,
                   workers: int = 1, **decode) -> list[str]:
