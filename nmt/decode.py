@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from nmt.config import DecodeConfig
 from nmt.data import pad
+from nmt.errors import ConfigError
 from nmt.model import Cache, Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -204,8 +205,7 @@ def _worker_start() -> None:
 def _worker_decode(number: int) -> tuple[int, list[list[Hypothesis]]]:
     assert _worker_job is not None
     model, batches, config = _worker_job
-    with torch.inference_mode():
-        return number, _decode_batch(model, pad(batches[number]), config)
+    return number, _decode_batch(model, pad(batches[number]), config)  # the searches run in inference mode
 
 
 @torch.inference_mode()
@@ -222,10 +222,13 @@ def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: 
     """
     global _worker_job
     model.eval()
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     if workers > 1 and torch.device(device).type != "cpu":
-        raise ValueError(f"decoding workers run on the CPU; got device {device} with {workers} workers")
+        raise ConfigError(f"--workers {workers}: several decoding processes are for the CPU; "
+                          f"on {torch.device(device).type} use 1")
     if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
-        raise ValueError("decoding workers need fork(), which this platform does not have; use 1 worker")
+        raise ConfigError(f"--workers {workers}: decoding processes are forked, which this platform cannot do; use 1")
     max_source = model.config.max_positions - 1  # room for EOS
     too_long = sum(len(s) > max_source for s in sources)
     if too_long:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 from dataclasses import replace
@@ -202,15 +201,6 @@ class Translator:
         validate(replace(self.config, decode=settings))
         return settings
 
-    def _check_workers(self, workers: int) -> None:
-        if workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
-        if workers > 1 and self.device.type != "cpu":
-            raise ConfigError(f"--workers {workers}: several decoding processes are for the CPU; "
-                              f"on {self.device.type} use 1")
-        if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
-            raise ConfigError(f"--workers {workers}: decoding processes are forked, which this platform cannot do; use 1")
-
     def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False,
                   workers: int = 1, **decode) -> list[str]:
         """Translate lines; `beam` and other DecodeConfig fields override the model's stored decode settings.
@@ -218,14 +208,12 @@ class Translator:
         `workers` > 1 decodes in that many CPU processes of one thread each (see `translate_ids`).
         """
         settings = self._settings(beam, decode)
-        self._check_workers(workers)
         return _translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers)
 
     def translate_nbest(self, lines: Sequence[str], nbest: int, beam: Optional[int] = None,
                         show_progress: bool = False, workers: int = 1, **decode) -> list[list[tuple[str, float]]]:
         """The `nbest` best (text, score) pairs per line; score is log-probability / length**length_penalty."""
         settings = self._settings(beam, {**decode, "nbest": nbest})
-        self._check_workers(workers)
         return _translate_nbest(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers)
 
 
