@@ -201,7 +201,7 @@ def export(
     quantization: Annotated[Optional[str], typer.Option(help="ct2 only: CTranslate2 weight type, e.g. int8 "
                                                              "(default float32).")] = None,
 ) -> None:
-    """Export a model for other toolkits; needs `pip install 'nmt[export]'`."""
+    """Export a model for other toolkits; needs `pip install 'nmt\\[export]'`."""
     from nmt.errors import NMTError
 
     def job() -> Path:

@@ -161,6 +161,8 @@ def test_help_everywhere() -> None:
             if isinstance(param, click.Option) and param.name != "help":
                 assert param.help, f"nmt {' '.join(path)} {param.opts[0]} has no help text"
         assert invoke(*path, "--help").exit_code == 0
+    # Help text goes through Rich markup, where an unescaped "[export]" would vanish.
+    assert "nmt[export]" in invoke("export", "--help").stdout
 
 
 def test_more_bad_inputs(trained: Path, untrained_model: Path, tmp_path: Path, toy_corpus: Path) -> None:
