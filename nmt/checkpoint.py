@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from nmt.errors import CheckpointError
+from nmt.errors import CheckpointError, ConfigError
 from nmt.model import Transformer
 
 WEIGHTS = "model.safetensors"
@@ -151,7 +151,9 @@ def average_checkpoints(run_dir: Path, last: int) -> Path:
     """
     root = checkpoint_dir(run_dir)
     steps = step_checkpoints(run_dir)
-    if last < 1 or len(steps) < last:
+    if last < 1:
+        raise ConfigError(f"--last must be >= 1, got {last}")
+    if len(steps) < last:
         raise CheckpointError(f"{root} holds {len(steps)} step checkpoints, cannot average the last {last} "
                               "(train with a larger train.keep_last)")
     chosen = steps[-last:]

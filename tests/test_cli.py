@@ -204,6 +204,7 @@ def test_average_command(trained: Path, tmp_path: Path, toy_corpus: Path) -> Non
                                "--json").stdout)
     assert scores["bleu"] > 75
     assert_error(invoke("average", "--model", run_dir, "--last", "50"), "cannot average the last 50")
+    assert_error(invoke("average", "--model", run_dir, "--last", "0"), "--last must be >= 1")
 
 
 def test_average_chosen_on_validation(trained: Path, tmp_path: Path, toy_corpus: Path) -> None:
