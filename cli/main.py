@@ -169,11 +169,14 @@ def attention(
     from nmt.errors import NMTError
 
     def job() -> str:
+        from nmt.data import check_output_path
         from nmt.pipeline import Translator, write_lines_atomic
         from nmt.visualize import alignment, plot_alignment
 
         if format not in ("png", "json"):
             raise NMTError(f"--format {format!r}: choose png or json")
+        if output is not None:
+            check_output_path(output)
         translator = Translator.load(model, device)
         if layer is not None and not 1 <= layer <= translator.config.model.n_decoder_layers:
             raise NMTError(f"--layer {layer}: the model has decoder layers 1 to {translator.config.model.n_decoder_layers}")

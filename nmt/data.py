@@ -50,6 +50,19 @@ def read_lines(path: str | Path) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
+def check_output_path(path: str | Path) -> Path:
+    """Raise DataError unless `path` can be written as a file; checked before any long work starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise DataError(f"{path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{path}: cannot write in {parent} (permission denied)")
+    return path
+
+
 def _with_gz(path: Path) -> Path:
     gz = path.with_name(path.name + ".gz")
     return gz if not path.exists() and gz.exists() else path

@@ -55,6 +55,8 @@ def _unsupported(translator: Translator) -> str | None:
 
 
 def _require_empty(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise NMTError(f"{output} is a file; --output names a new (or empty) directory")
     if output.exists() and any(output.iterdir()):
         raise NMTError(f"{output} exists and is not empty; choose another --output")
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from nmt import checkpoint, distributed
 from nmt.config import Config, DecodeConfig, from_dict, save_config, to_dict, validate
-from nmt.data import TokenizedCorpus, read_corpus, read_lines, require_pairs, tokenize_corpus
+from nmt.data import TokenizedCorpus, check_output_path, read_corpus, read_lines, require_pairs, tokenize_corpus
 from nmt.decode import translate_ids
 from nmt.errors import CheckpointError, ConfigError, NMTError
 from nmt.evaluate import bleu, score
@@ -219,11 +219,14 @@ class Translator:
 
 def write_lines_atomic(lines: Sequence[str], output: Path) -> None:
     """Write lines to `output` through a temporary file, so the file is complete or absent."""
+    check_output_path(output)
     tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     try:
         with tmp.open("w", encoding="utf-8", newline="\n") as f:
             f.writelines(line + "\n" for line in lines)
         os.replace(tmp, output)
+    except OSError as exc:
+        raise NMTError(f"{output}: cannot write ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -245,6 +248,8 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
         raise ConfigError(f"--beam must be >= 1, got {beam}")
     if nbest < 1 or (beam is not None and nbest > beam):
         raise ConfigError(f"--nbest must be between 1 and the beam size, got {nbest}")
+    if output_path is not None:
+        check_output_path(output_path)  # before the translating, not after it
     translator = Translator.load(model_dir, device, quantize)
     lines = _read_input(input_path, stdin or sys.stdin)
     if nbest == 1:
@@ -271,6 +276,8 @@ def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path, beam: Option
                    workers: int = 1) -> dict:
     """Translate `src_path` with the model and score it against `ref_path`."""
     src, refs = read_lines(src_path), read_lines(ref_path)
+    if output_path is not None:
+        check_output_path(output_path)
     if len(src) != len(refs):
         raise NMTError(f"{src_path} has {len(src)} lines but {ref_path} has {len(refs)}; they must be line-aligned")
     translator = Translator.load(model_dir, device, quantize)

@@ -177,6 +177,18 @@ def test_more_bad_inputs(trained: Path, untrained_model: Path, tmp_path: Path, t
     assert_error(result, "train.lr=0.003", "new --run-dir")
 
 
+def test_unwritable_outputs_fail_before_the_work(untrained_model: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("ka lu\n", encoding="utf-8")
+    missing = tmp_path / "no" / "such" / "out.txt"
+    for args in (("translate", "--model", untrained_model, "--input", source),
+                 ("eval", "--model", untrained_model, "--src", source, "--ref", source),
+                 ("attention", "--model", untrained_model, "--src", "ka lu", "--format", "json")):
+        assert_error(invoke(*args, "--output", missing), f"directory {missing.parent} does not exist")
+        assert_error(invoke(*args, "--output", tmp_path), "is a directory, expected a file name")
+    assert not (tmp_path / "no").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
 def test_bom_crlf_and_long_lines(untrained_model: Path, tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
     source.write_bytes("\ufeffka lu\r\n".encode() + ("ze " * 300 + "\r\n").encode() + b"mi\r\n")

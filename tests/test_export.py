@@ -137,6 +137,10 @@ def test_export_cli(exported: tuple[Path, Path], tmp_path: Path) -> None:
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "source.spm").is_file()
     again = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--output", str(tmp_path / "hf")])
     assert again.exit_code == 1 and "not empty" in again.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    onto_file = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--output", str(a_file)])
+    assert onto_file.exit_code == 1 and "is a file" in onto_file.stderr and a_file.read_text() == "keep me"
 
 
 def test_pre_norm_is_refused(tmp_path: Path) -> None:
