@@ -83,6 +83,8 @@ def translate(
     """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
     from nmt.pipeline import translate_file
 
+    if input is None and sys.stdin.isatty():  # a bare `nmt translate` would otherwise wait without a word
+        typer.echo("reading sentences from the terminal, one a line; end with Ctrl-D (or give --input FILE)", err=True)
     _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize, workers=workers))
 
 

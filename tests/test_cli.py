@@ -189,6 +189,23 @@ def test_unwritable_outputs_fail_before_the_work(untrained_model: Path, tmp_path
     assert not (tmp_path / "no").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
+def test_translate_from_a_terminal_says_how_to_end(untrained_model: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    leader, follower = os.openpty()  # stdin is a terminal, as for a user typing sentences
+    try:
+        os.write(leader, b"ka lu\n\x04")  # a line, then Ctrl-D
+        done = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "--model", str(untrained_model)],
+                              stdin=follower, capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 0, done.stderr
+    assert "end with Ctrl-D" in done.stderr and len(done.stdout.splitlines()) == 1
+
+
 def test_bom_crlf_and_long_lines(untrained_model: Path, tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
     source.write_bytes("\ufeffka lu\r\n".encode() + ("ze " * 300 + "\r\n").encode() + b"mi\r\n")
