@@ -8,6 +8,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -147,6 +149,38 @@ class Progress:
     train_seconds: float = 0.0  # training time over all invocations of the run
     budget_scale: float = 1.0  # lowered after an out-of-memory error; scales train.max_tokens from the next epoch
     nonfinite: int = 0  # updates in a row skipped for a non-finite loss or gradient
+
+
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+class _CtrlC:
+    """While training in one process: the first Ctrl-C asks the loop to stop after the current update
+    and save a checkpoint there; the handler then steps aside, so a second Ctrl-C stops at once
+    (checkpoints are written atomically, so the last complete one is kept either way).
+
+    Several processes (torchrun) keep the plain KeyboardInterrupt: they would have to agree on the
+    step to stop at, which costs a collective per update.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.pressed = False
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.previous = None
+
+    def __enter__(self) -> "_CtrlC":
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def _press(self, number, frame) -> None:
+        self.pressed = True
+        signal.signal(signal.SIGINT, self.previous)
+        log.warning("Ctrl-C: stopping after this update and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled and not self.pressed:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class Update(NamedTuple):
@@ -406,6 +440,8 @@ class Trainer:
         The host reads what the device computed (losses, skipped updates) only every
         `train.log_every` updates and before validating or saving, so it can queue the next steps'
         work while the device is busy; time and early-stopping bounds are checked at those points.
+        In one process, Ctrl-C stops after the current update and saves a checkpoint there, then
+        raises KeyboardInterrupt (see `_CtrlC`).
         """
         c, p = self.config, self.progress
         started = time.monotonic()
@@ -416,43 +452,57 @@ class Trainer:
                    disable=self.rank != 0)
         last_saved = p.step
         stream = None
+        ctrl_c = _CtrlC(self.world == 1)
         try:
-            reason = self._stop_reason(started)
-            while reason is None:
-                if stream is None:
-                    stream = self._stream()
-                item = next(stream)
-                p.epoch, p.batch_index = item["position"]
-                budget = p.budget_scale
-                update = self._update(item["group"], item)
-                if p.budget_scale != budget:  # out of memory: later batches are made with the lowered budget
-                    stream = None
-                if update is None:  # out of memory on single sentences: logged, no step taken
-                    continue
-                p.step += 1
-                pending.append(update)
-                bar.update(1)
-                if not any(p.step % every == 0 for every in (c.log_every, c.valid_every, c.save_every)) \
-                        and self._count_bound() is None:
-                    continue
-                self._settle(pending, window)
-                if p.step % c.log_every == 0:
-                    self._log_window(window, bar, started)
-                if p.step % c.valid_every == 0:
-                    self.validate()
-                if p.step % c.save_every == 0:
-                    self._checkpoint(started)
-                    last_saved = p.step
+            with ctrl_c:
                 reason = self._stop_reason(started)
+                while reason is None:
+                    if stream is None:
+                        stream = self._stream()
+                    try:
+                        item = next(stream)
+                    except Exception:
+                        if not ctrl_c.pressed:
+                            raise
+                        reason = INTERRUPTED  # Ctrl-C reached the loader's workers too
+                        break
+                    p.epoch, p.batch_index = item["position"]
+                    budget = p.budget_scale
+                    update = self._update(item["group"], item)
+                    if p.budget_scale != budget:  # out of memory: later batches are made with the lowered budget
+                        stream = None
+                    if update is None:  # out of memory on single sentences: logged, no step taken
+                        continue
+                    p.step += 1
+                    pending.append(update)
+                    bar.update(1)
+                    if not any(p.step % every == 0 for every in (c.log_every, c.valid_every, c.save_every)) \
+                            and self._count_bound() is None and not ctrl_c.pressed:
+                        continue
+                    self._settle(pending, window)
+                    if ctrl_c.pressed:
+                        reason = INTERRUPTED
+                        break
+                    if p.step % c.log_every == 0:
+                        self._log_window(window, bar, started)
+                    if p.step % c.valid_every == 0:
+                        self.validate()
+                    if p.step % c.save_every == 0:
+                        self._checkpoint(started)
+                        last_saved = p.step
+                    reason = self._stop_reason(started)
         finally:
             bar.close()  # also when an error stops the run, so the terminal line is finished
             del stream  # stops the loader's worker processes
         self._settle(pending, window)
-        if self.valid is not None and p.step % c.valid_every != 0:
+        if reason != INTERRUPTED and self.valid is not None and p.step % c.valid_every != 0:
             self.validate()
         if p.step != last_saved or p.step == 0:
             self._checkpoint(started)
         self._log({"step": p.step, "event": "stop", "reason": reason})
+        if reason == INTERRUPTED:
+            log.warning("interrupted at step %d, saved there; run the same command to resume", p.step)
+            raise KeyboardInterrupt
         log.info("stopped at step %d: %s", p.step, reason)
         return reason
 

@@ -23,8 +23,8 @@ from test_train import make_trainer
 STEPS = 60
 
 
-def train_command(run_dir: Path, corpus: Path) -> list[str]:
-    sets = [*TINY, f"data.train={corpus / 'train'}", f"train.max_steps={STEPS}", "train.save_every=4",
+def train_command(run_dir: Path, corpus: Path, save_every: int = 4) -> list[str]:
+    sets = [*TINY, f"data.train={corpus / 'train'}", f"train.max_steps={STEPS}", f"train.save_every={save_every}",
             "train.keep_last=3", "train.log_every=5"]
     return [sys.executable, "-m", "nmt_cli.main", "train", "--run-dir", str(run_dir),
             *[x for s in sets for x in ("--set", s)]]
@@ -46,10 +46,24 @@ def assert_all_checkpoints_readable(run_dir: Path) -> None:
         checkpoint.verify(checkpoint.latest_checkpoint(run_dir))
 
 
-def test_sigkill_and_resume_gives_the_uninterrupted_result(toy_corpus: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted(toy_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The final weights of the training run below, never interrupted."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    env = {**os.environ, "NMT_CACHE": str(run_dir / "cache")}
+    subprocess.run(train_command(run_dir, toy_corpus), env=env, check=True, capture_output=True, timeout=300)
+    return final_weights(run_dir)
+
+
+def assert_same_weights(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    assert expected.keys() == found.keys()
+    for name in expected:
+        assert torch.equal(expected[name], found[name]), name
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_result(toy_corpus: Path, tmp_path: Path,
+                                                           uninterrupted: dict[str, torch.Tensor]) -> None:
     env = {**os.environ, "NMT_CACHE": str(tmp_path / "cache")}
-    straight = tmp_path / "straight"
-    subprocess.run(train_command(straight, toy_corpus), env=env, check=True, capture_output=True, timeout=300)
     killed = tmp_path / "killed"
     rng = random.Random(7)
     kills = 0
@@ -67,10 +81,29 @@ def test_sigkill_and_resume_gives_the_uninterrupted_result(toy_corpus: Path, tmp
         assert_all_checkpoints_readable(killed)
     assert kills >= 2
     subprocess.run(train_command(killed, toy_corpus), env=env, check=True, capture_output=True, timeout=300)
-    expected, found = final_weights(straight), final_weights(killed)
-    assert expected.keys() == found.keys()
-    for name in expected:
-        assert torch.equal(expected[name], found[name]), name
+    assert_same_weights(uninterrupted, final_weights(killed))
+
+
+def test_ctrl_c_while_training_saves_that_step_and_resumes_exactly(toy_corpus: Path, tmp_path: Path,
+                                                                   uninterrupted: dict[str, torch.Tensor]) -> None:
+    env = {**os.environ, "NMT_CACHE": str(tmp_path / "cache")}
+    run_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
+    command = train_command(run_dir, toy_corpus, save_every=1000)  # no checkpoint but the one Ctrl-C makes
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        start = time.monotonic()
+        while not (run_dir / "metrics.jsonl").exists() and time.monotonic() - start < 120:
+            time.sleep(0.01)  # interrupt once training is under way (metrics are written from step 5)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    messages = log.read_text()
+    assert process.returncode == 130 and "Traceback" not in messages, messages
+    saved = checkpoint.latest_checkpoint(run_dir)
+    assert saved is not None and 5 <= int(saved.name.removeprefix("step_")) < STEPS
+    assert f"interrupted at step {int(saved.name.removeprefix('step_'))}, saved there" in messages
+    assert_all_checkpoints_readable(run_dir)
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    assert_same_weights(uninterrupted, final_weights(run_dir))
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
