@@ -234,6 +234,7 @@ def tokenize_corpus(src: Sequence[str], tgt: Sequence[str], tokenizer: Tokenizer
         stats = CleanStats(**json.loads((cache / "stats.json").read_text()))
         log.info("%s: tokenized data from cache %s", where, cache)
         return TokenizedCorpus(dataset["src_ids"], dataset["tgt_ids"], stats)
+    log.info("%s: cleaning and tokenizing %s pairs (cached for later runs)", where, f"{len(src):,}")
     stats = CleanStats(read=len(src))
     src, tgt = clean_text_pairs(src, tgt, config.dedup, stats)
     src_ids, tgt_ids = tokenizer.encode_src(src), tokenizer.encode_tgt(tgt)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,6 +22,8 @@ JOINT_FILE = "spm.model"
 SRC_FILE = "spm.src.model"
 TGT_FILE = "spm.tgt.model"
 
+log = logging.getLogger(__name__)
+
 
 def train_sentencepiece(sentences: Sequence[str], output: Path, config: TokenizerConfig, seed: int = 1) -> Path:
     """Train one SentencePiece model on `sentences` and write it to `output` (atomically)."""
@@ -28,6 +32,9 @@ def train_sentencepiece(sentences: Sequence[str], output: Path, config: Tokenize
         raise DataError(f"cannot train a tokenizer for {output.name}: no non-empty sentences")
     if len(sentences) > config.input_sentence_size:
         sentences = random.Random(seed).sample(sentences, config.input_sentence_size)
+    log.info("training the %s tokenizer (%s, %d pieces) on %s sentences", output.name, config.type,
+             config.vocab_size, f"{len(sentences):,}")
+    started = time.monotonic()
     buffer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -47,6 +54,7 @@ def train_sentencepiece(sentences: Sequence[str], output: Path, config: Tokenize
     tmp = output.with_name(output.name + ".tmp")
     tmp.write_bytes(buffer.getvalue())
     tmp.replace(output)
+    log.info("trained %s in %.0f s", output.name, time.monotonic() - started)
     return output
 
 
