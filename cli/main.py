@@ -16,6 +16,8 @@ tokenizer_app = typer.Typer(help="Tokenizer commands.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 
 T = TypeVar("T")
+DECODE_SET_HELP = ("Override a decoding setting of the model's config, e.g. --set decode.length_penalty=0.6 "
+                   "(repeatable; keys: beam, length_penalty, max_len_a, max_len_b, max_tokens).")
 _state = {"verbose": False}
 
 
@@ -79,13 +81,16 @@ def translate(
                                                          "bf16: bfloat16 weights and activations (GPU).")] = None,
     workers: Annotated[int, typer.Option(help="CPU decoding processes of one thread each, e.g. one per core "
                                               "(2 on 2 cores: ~10% faster than 1); output unchanged.")] = 1,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP)] = None,
 ) -> None:
     """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
+    from nmt.config import decode_overrides
     from nmt.pipeline import translate_file
 
     if input is None and sys.stdin.isatty():  # a bare `nmt translate` would otherwise wait without a word
         typer.echo("reading sentences from the terminal, one a line; end with Ctrl-D (or give --input FILE)", err=True)
-    _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize, workers=workers))
+    _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize, workers=workers,
+                                decode=decode_overrides(set_ or [])))
 
 
 @app.command("eval")
@@ -99,12 +104,14 @@ def evaluate(
     output: Annotated[Optional[Path], typer.Option(help="Also write the translations here (with --model).")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="int8 (CPU) or bf16 (GPU) inference, with --model.")] = None,
     workers: Annotated[int, typer.Option(help="CPU decoding processes with --model (see `nmt translate`).")] = 1,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP + " With --model.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object with scores and signatures.")] = False,
 ) -> None:
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures).
 
     Either --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE.
     """
+    from nmt.config import decode_overrides
     from nmt.errors import NMTError
     from nmt.evaluate import format_scores
     from nmt.pipeline import evaluate_files, evaluate_model
@@ -115,8 +122,10 @@ def evaluate(
         if beam is not None and beam < 1:
             raise NMTError(f"--beam must be >= 1, got {beam}")
         if hyp is not None:
+            if set_:
+                raise NMTError("--set changes decoding, so it goes with --model DIR --src FILE, not --hyp")
             return evaluate_files(hyp, ref)
-        return evaluate_model(model, src, ref, beam, device, output, quantize, workers)
+        return evaluate_model(model, src, ref, beam, device, output, quantize, workers, decode_overrides(set_ or []))
 
     scores = _run(job)
     typer.echo(json.dumps(scores) if json_ else format_scores(scores))

@@ -201,6 +201,17 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     return nested
 
 
+def decode_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ["decode.length_penalty=0.6", ...] into {"length_penalty": "0.6"} for translate and eval,
+    which take keys of the decode section only; values are converted when they are applied."""
+    nested = parse_overrides(overrides)
+    others = [f"{section}.{key}" for section, entries in nested.items() if section != "decode" for key in entries]
+    if others:
+        raise ConfigError(f"--set {others[0]}: only decode.* settings apply when translating "
+                          f"(e.g. decode.length_penalty=0.6)")
+    return nested.get("decode", {})
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Build the config from defaults, an optional YAML file and `--set` overrides, then validate it."""
     values: dict[str, Any] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
@@ -14,7 +13,7 @@ import yaml
 from tqdm import tqdm
 
 from nmt import checkpoint, distributed
-from nmt.config import Config, DecodeConfig, from_dict, save_config, to_dict, validate
+from nmt.config import Config, DecodeConfig, from_dict, merge, save_config, to_dict, validate
 from nmt.data import TokenizedCorpus, check_output_path, read_corpus, read_lines, require_pairs, tokenize_corpus
 from nmt.decode import translate_ids
 from nmt.errors import CheckpointError, ConfigError, NMTError
@@ -197,9 +196,10 @@ class Translator:
         return cls(model, tokenizer, config, torch_device)
 
     def _settings(self, beam: Optional[int], decode: dict) -> DecodeConfig:
-        settings = replace(self.config.decode, **({"beam": beam} if beam is not None else {}), **decode)
-        validate(replace(self.config, decode=settings))
-        return settings
+        """The stored decode settings with `decode`'s keys (converted and checked like a config's) and `beam`."""
+        config = merge({"decode": {**decode, **({"beam": beam} if beam is not None else {})}}, self.config)
+        validate(config)
+        return config.decode
 
     def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False,
                   workers: int = 1, **decode) -> list[str]:
@@ -239,11 +239,14 @@ def _read_input(input_path: Optional[Path], stdin: TextIO) -> list[str]:
 
 def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Optional[Path], beam: Optional[int],
                    device: str = "auto", nbest: int = 1, stdin: Optional[TextIO] = None,
-                   stdout: Optional[TextIO] = None, quantize: Optional[str] = None, workers: int = 1) -> int:
+                   stdout: Optional[TextIO] = None, quantize: Optional[str] = None, workers: int = 1,
+                   decode: Optional[dict] = None) -> int:
     """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the line count.
 
     With nbest > 1 each input line gives `nbest` lines "INDEX ||| TRANSLATION ||| SCORE" (index from 0).
+    `decode` overrides the model's decode settings ({"length_penalty": 0.6, ...}).
     """
+    decode = decode or {}
     if beam is not None and beam < 1:
         raise ConfigError(f"--beam must be >= 1, got {beam}")
     if nbest < 1 or (beam is not None and nbest > beam):
@@ -251,11 +254,13 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     if output_path is not None:
         check_output_path(output_path)  # before the translating, not after it
     translator = Translator.load(model_dir, device, quantize)
+    translator._settings(beam, decode)  # a bad setting stops here, before reading the input
     lines = _read_input(input_path, stdin or sys.stdin)
     if nbest == 1:
-        out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100, workers=workers)
+        out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100, workers=workers, **decode)
     else:
-        found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=len(lines) > 100, workers=workers)
+        found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=len(lines) > 100, workers=workers,
+                                           **decode)
         out = [f"{i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(found) for text, score in hyps]
     if output_path is None:
         stdout = stdout or sys.stdout
@@ -273,19 +278,21 @@ def evaluate_files(hyp_path: Path, ref_path: Path) -> dict:
 
 def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path, beam: Optional[int] = None,
                    device: str = "auto", output_path: Optional[Path] = None, quantize: Optional[str] = None,
-                   workers: int = 1) -> dict:
-    """Translate `src_path` with the model and score it against `ref_path`."""
+                   workers: int = 1, decode: Optional[dict] = None) -> dict:
+    """Translate `src_path` with the model and score it against `ref_path` (`decode`: as in `translate_file`)."""
+    decode = decode or {}
     src, refs = read_lines(src_path), read_lines(ref_path)
     if output_path is not None:
         check_output_path(output_path)
     if len(src) != len(refs):
         raise NMTError(f"{src_path} has {len(src)} lines but {ref_path} has {len(refs)}; they must be line-aligned")
     translator = Translator.load(model_dir, device, quantize)
-    hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers)
+    settings = translator._settings(beam, decode)
+    hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers, **decode)
     if output_path is not None:
         write_lines_atomic(hyps, output_path)
     result = score(hyps, refs, where=str(src_path))
-    result["beam"] = beam if beam is not None else translator.config.decode.beam
+    result["beam"], result["length_penalty"] = settings.beam, settings.length_penalty
     return result
 
 

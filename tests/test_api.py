@@ -20,6 +20,10 @@ def test_translator_api(untrained_model: Path) -> None:
     assert len(nbest[0]) == 2 and nbest[0][0][1] >= nbest[0][1][1]
     with pytest.raises(ConfigError, match="decode.beam must be >= 1"):
         translator.translate(["ka"], beam=0)
+    # Decode settings are converted and checked like a config's keys.
+    assert translator.translate(["ka lu", "ze bo di"], beam=1, max_len_a="0", max_len_b="1") == ["", ""]
+    with pytest.raises(ConfigError, match="did you mean 'length_penalty'"):
+        translator.translate(["ka"], lenght_penalty=0.6)
 
 
 def test_translator_load_errors(tmp_path: Path) -> None:

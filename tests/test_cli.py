@@ -83,6 +83,23 @@ def test_translate_files_and_eval_hyp(trained: Path, toy_corpus: Path, tmp_path:
     assert text.exit_code == 0 and "BLEU" in text.stdout and "chrF2" in text.stdout
 
 
+def test_decode_settings_on_the_command_line(trained: Path, toy_corpus: Path) -> None:
+    # An output limit of one token (EOS) leaves every translation empty.
+    result = invoke("translate", "--model", trained, "--set", "decode.max_len_a=0", "--set", "decode.max_len_b=1",
+                    input="ka lu mi\nze bo\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "\n\n"
+    scored = invoke("eval", "--model", trained, "--src", toy_corpus / "test.xx", "--ref", toy_corpus / "test.yy",
+                    "--set", "decode.length_penalty=0.5", "--json")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["length_penalty"] == 0.5
+    assert_error(invoke("translate", "--model", trained, "--set", "decode.lenght_penalty=1", input="ka\n"),
+                 "did you mean 'length_penalty'")
+    assert_error(invoke("translate", "--model", trained, "--set", "train.lr=1", input="ka\n"), "only decode.*")
+    assert_error(invoke("eval", "--hyp", toy_corpus / "test.yy", "--ref", toy_corpus / "test.yy",
+                        "--set", "decode.beam=2"), "not --hyp")
+
+
 def test_train_resumes_an_existing_run(trained: Path, tmp_path: Path, toy_corpus: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)
