@@ -96,7 +96,8 @@ def translate(
 @app.command("eval")
 def evaluate(
     hyp: Annotated[Optional[Path], typer.Option(help="Hypothesis file to score (detokenized).")] = None,
-    ref: Annotated[Optional[Path], typer.Option(help="Reference file, line-aligned with --hyp or --src.")] = None,
+    ref: Annotated[Optional[list[Path]], typer.Option(help="Reference file, line-aligned with --hyp or --src; "
+                                                           "repeat it for several references.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Run directory: translate --src with it, then score.")] = None,
     src: Annotated[Optional[Path], typer.Option(help="Source file to translate (with --model).")] = None,
     beam: Annotated[Optional[int], typer.Option(help="Beam size with --model; default: the model's decode.beam.")] = None,
@@ -117,7 +118,7 @@ def evaluate(
     from nmt.pipeline import evaluate_files, evaluate_model
 
     def job() -> dict:
-        if ref is None or (hyp is None) == (model is None) or (model is not None and src is None):
+        if not ref or (hyp is None) == (model is None) or (model is not None and src is None):
             raise NMTError("give --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE")
         if beam is not None and beam < 1:
             raise NMTError(f"--beam must be >= 1, got {beam}")

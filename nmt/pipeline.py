@@ -271,27 +271,35 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     return len(out)
 
 
-def evaluate_files(hyp_path: Path, ref_path: Path) -> dict:
-    """Score a hypothesis file against a reference file."""
-    return score(read_lines(hyp_path), read_lines(ref_path), where=f"{hyp_path} vs {ref_path}")
+def _ref_paths(ref_path: Path | Sequence[Path]) -> list[Path]:
+    return [ref_path] if isinstance(ref_path, (str, Path)) else list(ref_path)
 
 
-def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path, beam: Optional[int] = None,
+def evaluate_files(hyp_path: Path, ref_path: Path | Sequence[Path]) -> dict:
+    """Score a hypothesis file against a reference file (or several, one reference translation each)."""
+    paths = _ref_paths(ref_path)
+    return score(read_lines(hyp_path), *map(read_lines, paths), where=f"{hyp_path} vs {', '.join(map(str, paths))}")
+
+
+def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Path], beam: Optional[int] = None,
                    device: str = "auto", output_path: Optional[Path] = None, quantize: Optional[str] = None,
                    workers: int = 1, decode: Optional[dict] = None) -> dict:
-    """Translate `src_path` with the model and score it against `ref_path` (`decode`: as in `translate_file`)."""
+    """Translate `src_path` with the model and score it against `ref_path` (or several reference files);
+    `decode` as in `translate_file`."""
     decode = decode or {}
-    src, refs = read_lines(src_path), read_lines(ref_path)
+    src, ref_paths = read_lines(src_path), _ref_paths(ref_path)
+    refs = [read_lines(path) for path in ref_paths]
     if output_path is not None:
         check_output_path(output_path)
-    if len(src) != len(refs):
-        raise NMTError(f"{src_path} has {len(src)} lines but {ref_path} has {len(refs)}; they must be line-aligned")
+    for path, stream in zip(ref_paths, refs):
+        if len(src) != len(stream):
+            raise NMTError(f"{src_path} has {len(src)} lines but {path} has {len(stream)}; they must be line-aligned")
     translator = Translator.load(model_dir, device, quantize)
     settings = translator._settings(beam, decode)
     hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers, **decode)
     if output_path is not None:
         write_lines_atomic(hyps, output_path)
-    result = score(hyps, refs, where=str(src_path))
+    result = score(hyps, *refs, where=str(src_path))
     result["beam"], result["length_penalty"] = settings.beam, settings.length_penalty
     return result
 

@@ -81,6 +81,8 @@ def test_translate_files_and_eval_hyp(trained: Path, toy_corpus: Path, tmp_path:
     assert forked.read_text() == out.read_text()
     text = invoke("eval", "--hyp", out, "--ref", toy_corpus / "test.yy")
     assert text.exit_code == 0 and "BLEU" in text.stdout and "chrF2" in text.stdout
+    twice = invoke("eval", "--hyp", out, "--ref", toy_corpus / "test.yy", "--ref", toy_corpus / "test.yy", "--json")
+    assert twice.exit_code == 0 and json.loads(twice.stdout)["bleu_signature"].startswith("nrefs:2|")
 
 
 def test_decode_settings_on_the_command_line(trained: Path, toy_corpus: Path) -> None:

@@ -23,3 +23,13 @@ def test_perfect_and_imperfect() -> None:
 def test_misaligned() -> None:
     with pytest.raises(DataError, match="2 hypotheses but 1 references"):
         score(["a", "b"], ["a"])
+
+
+def test_several_references() -> None:
+    hyps = ["A dog runs .", "Two kids play ."]
+    first, second = ["A dog runs .", "Two children play ."], ["The dog is running .", "Two kids play ."]
+    both = score(hyps, first, second)
+    assert both["bleu"] == 100.0 and both["bleu_signature"].startswith("nrefs:2|")
+    assert score(hyps, first)["bleu"] < 100.0
+    with pytest.raises(DataError, match="reference set 2"):
+        score(hyps, first, ["x"])
