@@ -87,10 +87,13 @@ def translate(
     from nmt.config import decode_overrides
     from nmt.pipeline import translate_file
 
-    if input is None and sys.stdin.isatty():  # a bare `nmt translate` would otherwise wait without a word
-        typer.echo("reading sentences from the terminal, one a line; end with Ctrl-D (or give --input FILE)", err=True)
+    interactive = input is None and output is None and sys.stdin.isatty()
+    if interactive:  # a person typing: each line is translated as it comes, not all at the end
+        typer.echo("type a sentence and press Enter to translate it; Ctrl-D to end", err=True)
+    elif input is None and sys.stdin.isatty():  # would otherwise wait without a word
+        typer.echo(f"reading sentences from the terminal, one a line, for {output}; end with Ctrl-D", err=True)
     _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize, workers=workers,
-                                decode=decode_overrides(set_ or [])))
+                                decode=decode_overrides(set_ or []), interactive=interactive))
 
 
 @app.command("eval")

@@ -240,13 +240,16 @@ def _read_input(input_path: Optional[Path], stdin: TextIO) -> list[str]:
 def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Optional[Path], beam: Optional[int],
                    device: str = "auto", nbest: int = 1, stdin: Optional[TextIO] = None,
                    stdout: Optional[TextIO] = None, quantize: Optional[str] = None, workers: int = 1,
-                   decode: Optional[dict] = None) -> int:
+                   decode: Optional[dict] = None, interactive: bool = False) -> int:
     """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the line count.
 
     With nbest > 1 each input line gives `nbest` lines "INDEX ||| TRANSLATION ||| SCORE" (index from 0).
-    `decode` overrides the model's decode settings ({"length_penalty": 0.6, ...}).
+    `decode` overrides the model's decode settings ({"length_penalty": 0.6, ...}). `interactive`
+    (stdin to stdout, for a person typing) translates each line as soon as it is read.
     """
     decode = decode or {}
+    if interactive and (input_path is not None or output_path is not None):
+        raise ConfigError("interactive translation reads stdin and writes stdout; drop --input/--output")
     if beam is not None and beam < 1:
         raise ConfigError(f"--beam must be >= 1, got {beam}")
     if nbest < 1 or (beam is not None and nbest > beam):
@@ -255,15 +258,25 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
         check_output_path(output_path)  # before the translating, not after it
     translator = Translator.load(model_dir, device, quantize)
     translator._settings(beam, decode)  # a bad setting stops here, before reading the input
-    lines = _read_input(input_path, stdin or sys.stdin)
-    if nbest == 1:
-        out = translator.translate(lines, beam=beam, show_progress=len(lines) > 100, workers=workers, **decode)
-    else:
+
+    def render(lines: list[str], first: int = 0) -> list[str]:
+        if nbest == 1:
+            return translator.translate(lines, beam=beam, show_progress=len(lines) > 100, workers=workers, **decode)
         found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=len(lines) > 100, workers=workers,
                                            **decode)
-        out = [f"{i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(found) for text, score in hyps]
+        return [f"{first + i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(found) for text, score in hyps]
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if interactive:
+        count = 0
+        for number, line in enumerate(iter(stdin.readline, "")):
+            out = render([line.rstrip("\r\n")], number)
+            stdout.writelines(text + "\n" for text in out)
+            stdout.flush()
+            count += len(out)
+        return count
+    out = render(_read_input(input_path, stdin))
     if output_path is None:
-        stdout = stdout or sys.stdout
         stdout.writelines(line + "\n" for line in out)
         stdout.flush()
     else:

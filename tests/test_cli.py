@@ -208,21 +208,29 @@ def test_unwritable_outputs_fail_before_the_work(untrained_model: Path, tmp_path
     assert not (tmp_path / "no").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 
-def test_translate_from_a_terminal_says_how_to_end(untrained_model: Path) -> None:
+def test_translate_from_a_terminal_answers_each_line(untrained_model: Path) -> None:
     import os
+    import select
     import subprocess
     import sys
 
-    leader, follower = os.openpty()  # stdin is a terminal, as for a user typing sentences
+    leader, follower = os.openpty()  # stdin is a terminal, as for a person typing sentences
+    process = subprocess.Popen([sys.executable, "-m", "nmt_cli.main", "translate", "--model", str(untrained_model)],
+                               stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        os.write(leader, b"ka lu\n\x04")  # a line, then Ctrl-D
-        done = subprocess.run([sys.executable, "-m", "nmt_cli.main", "translate", "--model", str(untrained_model)],
-                              stdin=follower, capture_output=True, text=True, timeout=120)
+        os.write(leader, b"ka lu\n")
+        # The translation comes while the input is still open: the line is answered, not held until Ctrl-D.
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        assert ready and process.poll() is None
+        first = process.stdout.readline()
+        os.write(leader, b"\x04")  # Ctrl-D
+        rest, messages = process.communicate(timeout=120)
     finally:
+        process.kill()
         os.close(follower)
         os.close(leader)
-    assert done.returncode == 0, done.stderr
-    assert "end with Ctrl-D" in done.stderr and len(done.stdout.splitlines()) == 1
+    assert process.returncode == 0, messages
+    assert "Ctrl-D to end" in messages and first.endswith("\n") and rest == ""
 
 
 def test_bom_crlf_and_long_lines(untrained_model: Path, tmp_path: Path) -> None:
