@@ -43,8 +43,28 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from nmt import __version__
+
+        def installed(name: str) -> str:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return "not installed"
+
+        typer.echo(f"nmt {__version__} (Python {sys.version.split()[0]}, torch {installed('torch')}, "
+                   f"sentencepiece {installed('sentencepiece')}, sacrebleu {installed('sacrebleu')})")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs and full tracebacks on errors.")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs and full tracebacks on errors.")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the versions of nmt and its main dependencies, then exit.")] = False,
+         ) -> None:
     """nmt: train, run and score transformer translation models."""
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",

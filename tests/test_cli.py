@@ -166,6 +166,10 @@ def test_help_everywhere() -> None:
     import click
     import typer
 
+    from nmt import __version__
+
+    shown = invoke("--version")
+    assert shown.exit_code == 0 and shown.stdout.startswith(f"nmt {__version__} (Python ") and "torch " in shown.stdout
     top = invoke("--help")
     assert top.exit_code == 0 and all(c in top.stdout for c in ("train", "translate", "eval", "tokenizer"))
 
