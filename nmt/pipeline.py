@@ -195,9 +195,10 @@ class Translator:
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         return cls(model, tokenizer, config, torch_device)
 
-    def _settings(self, beam: Optional[int], decode: dict) -> DecodeConfig:
-        """The stored decode settings with `decode`'s keys (converted and checked like a config's) and `beam`."""
-        config = merge({"decode": {**decode, **({"beam": beam} if beam is not None else {})}}, self.config)
+    def settings(self, beam: Optional[int] = None, decode: Optional[dict] = None) -> DecodeConfig:
+        """The decode settings a call with these overrides uses: the model's stored ones with `decode`'s
+        keys (converted and checked like a config's) and `beam`. Raises ConfigError for a bad one."""
+        config = merge({"decode": {**(decode or {}), **({"beam": beam} if beam is not None else {})}}, self.config)
         validate(config)
         return config.decode
 
@@ -207,13 +208,13 @@ class Translator:
 
         `workers` > 1 decodes in that many CPU processes of one thread each (see `translate_ids`).
         """
-        settings = self._settings(beam, decode)
+        settings = self.settings(beam, decode)
         return _translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers)
 
     def translate_nbest(self, lines: Sequence[str], nbest: int, beam: Optional[int] = None,
                         show_progress: bool = False, workers: int = 1, **decode) -> list[list[tuple[str, float]]]:
         """The `nbest` best (text, score) pairs per line; score is log-probability / length**length_penalty."""
-        settings = self._settings(beam, {**decode, "nbest": nbest})
+        settings = self.settings(beam, {**decode, "nbest": nbest})
         return _translate_nbest(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers)
 
 
@@ -257,7 +258,7 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     if output_path is not None:
         check_output_path(output_path)  # before the translating, not after it
     translator = Translator.load(model_dir, device, quantize)
-    translator._settings(beam, decode)  # a bad setting stops here, before reading the input
+    translator.settings(beam, decode)  # a bad setting stops here, before reading the input
 
     def render(lines: list[str], first: int = 0) -> list[str]:
         if nbest == 1:
@@ -308,7 +309,7 @@ def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Pa
         if len(src) != len(stream):
             raise NMTError(f"{src_path} has {len(src)} lines but {path} has {len(stream)}; they must be line-aligned")
     translator = Translator.load(model_dir, device, quantize)
-    settings = translator._settings(beam, decode)
+    settings = translator.settings(beam, decode)
     hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers, **decode)
     if output_path is not None:
         write_lines_atomic(hyps, output_path)
