@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
@@ -161,6 +162,23 @@ def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
             "train_minutes": round(p.train_seconds / 60, 2), "stopped": reason, "rank": distributed.rank()}
 
 
+def _quantize_int8(model: Transformer) -> Transformer:
+    """Dynamic int8 quantization of the linear layers, through torch's eager-mode quantization.
+
+    torch has marked that API deprecated (in favour of the separate torchao package) but still
+    ships it; its deprecation warnings are not the user's to act on, so they are kept off the
+    terminal, and a torch without it gets a one-line error instead of an AttributeError.
+    """
+    quantize_dynamic = getattr(getattr(torch, "ao", None) and torch.ao.quantization, "quantize_dynamic", None)
+    if quantize_dynamic is None:
+        raise ConfigError(f"--quantize int8: torch {torch.__version__} no longer has dynamic int8 quantization "
+                          "(torch.ao.quantization); translate in fp32 instead")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*\bdeprecated\b", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*quantiz.*\bdeprecated\b", category=UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class Translator:
     """A trained model ready to translate: `Translator.load(model_dir).translate(lines)`."""
 
@@ -192,7 +210,7 @@ class Translator:
             if model.output is None:  # the tied output projection is the largest matmul: quantize a copy of it too
                 model.output = torch.nn.Linear(model.config.d_model, tokenizer.tgt_vocab_size, bias=False)
                 model.output.weight = torch.nn.Parameter(model.tgt_embed.tokens.weight.detach().clone())
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            model = _quantize_int8(model)
         return cls(model, tokenizer, config, torch_device)
 
     def settings(self, beam: Optional[int] = None, decode: Optional[dict] = None) -> DecodeConfig:
