@@ -89,6 +89,17 @@ def train(
         typer.echo(json.dumps(summary))
 
 
+@app.command("config")
+def show_config(
+    config: Annotated[Optional[Path], typer.Option(help="YAML config to start from (as `nmt train --config`).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).")] = None,
+) -> None:
+    """Print the config `nmt train` would use, every key with its value and meaning, as YAML it can read back."""
+    from nmt.config import describe, load_config
+
+    typer.echo(_run(lambda: describe(load_config(config, set_ or []))), nl=False)
+
+
 @app.command()
 def translate(
     model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -282,11 +284,33 @@ def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, s)).items()} for s in _section_types()}
 
 
+def _key_notes(section: type) -> dict[str, str]:
+    """The comment after each field of a config section, from this module's source (empty if unavailable)."""
+    try:
+        source = inspect.getsource(section)
+    except (OSError, TypeError):  # installed without sources
+        return {}
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^\n#]*#([^\n]*)$", source, re.M)}
+
+
+def describe(config: Config, header: str = "every key with its value and meaning") -> str:
+    """The config as YAML with each key's meaning as a comment: what `nmt config` prints and run dirs keep."""
+    lines = [f"# nmt config: {header}"]
+    values = to_dict(config)
+    for name, section in _section_types().items():
+        notes = _key_notes(section)
+        lines.append(f"{name}:")
+        for key, value in values[name].items():
+            flow = yaml.safe_dump([value], default_flow_style=True, width=1_000_000).strip()[1:-1]  # "[v]" -> "v"
+            lines.append(f"  {key}: {flow}  # {notes[key]}" if notes.get(key) else f"  {key}: {flow}")
+    return "\n".join(lines) + "\n"
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
+    """Write the resolved config as commented YAML (atomically)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    tmp.write_text(describe(config, "the resolved config of this run"), encoding="utf-8")
     tmp.replace(path)
 
 

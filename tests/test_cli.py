@@ -42,6 +42,14 @@ def test_train_writes_a_complete_run(trained: Path) -> None:
     assert losses[-1] < losses[0] / 4
 
 
+def test_config_command_and_the_run_dirs_commented_config(trained: Path) -> None:
+    shown = invoke("config", "--set", "train.lr=5e-4")
+    assert shown.exit_code == 0 and "  lr: 0.0005  # peak learning rate" in shown.stdout
+    assert_error(invoke("config", "--set", "train.lrr=1"), "did you mean 'lr'")
+    stored = (trained / "config.yaml").read_text()
+    assert stored.startswith("# nmt config: the resolved config of this run") and "  vocab_size: 64  # " in stored
+
+
 def test_tiny_model_learns_the_toy_task(trained: Path, toy_corpus: Path) -> None:
     result = invoke("eval", "--model", trained, "--src", toy_corpus / "test.xx", "--ref", toy_corpus / "test.yy", "--json")
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt.config import PRESETS, from_dict, load_config, to_dict
+from nmt.config import PRESETS, describe, from_dict, load_config, to_dict
 from nmt.errors import ConfigError
 
 
@@ -22,6 +22,18 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
 def test_round_trip() -> None:
     config = load_config(None, ["model.preset=tiny", "train.betas=0.8,0.9"])
     assert from_dict(to_dict(config)) == config
+
+
+def test_described_config_explains_every_key_and_reads_back(tmp_path: Path) -> None:
+    config = load_config(None, ["model.preset=tiny", "train.betas=0.8,0.9", "data.train=my data#1", "data.src_lang=no"])
+    text = describe(config)
+    keys = [line for line in text.splitlines() if line.startswith("  ")]
+    assert len(keys) == sum(len(section) for section in to_dict(config).values())
+    assert all(" # " in line and not line.endswith("#") for line in keys), "a config key has no comment in nmt/config.py"
+    assert "  betas: [0.8, 0.9]  # AdamW betas\n" in text and "  src_lang: 'no'  # " in text
+    path = tmp_path / "described.yaml"
+    path.write_text(text)
+    assert load_config(path) == config
 
 
 @pytest.mark.parametrize("override, message", [
