@@ -7,7 +7,7 @@
 #                       [--set section.key=value ...]
 #
 # Pairs: en-de, de-en, en-fr, en-cs (any two of en, de, fr, cs). --profile cpu (default) fits a
-# 2-core machine in under an hour (en-de: 55 min); gpu trains a larger model for one GPU. DIR holds Multi30k Task 1
+# 2-core machine in about an hour (52-60 min per pair); gpu trains a larger model for one GPU. DIR holds Multi30k Task 1
 # files named {train,val,test_2016_flickr}.{lang}[.gz]; without --data-dir the data comes from the
 # Hugging Face hub (bentrevett/multi30k, en and de only) through `datasets`.
 set -euo pipefail
