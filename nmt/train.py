@@ -456,6 +456,9 @@ class Trainer:
         try:
             with ctrl_c:
                 reason = self._stop_reason(started)
+                if reason is not None and self.rank == 0:
+                    log.warning("nothing to train: %s already; raise that bound (e.g. --set train.max_steps=N) "
+                                "to train on", reason.removeprefix("reached "))
                 while reason is None:
                     if stream is None:
                         stream = self._stream()

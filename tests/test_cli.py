@@ -116,6 +116,8 @@ def test_train_resumes_an_existing_run(trained: Path, tmp_path: Path, toy_corpus
     result = invoke("train", "--run-dir", run_dir, *sets(*TINY, f"data.train={toy_corpus / 'train'}", "train.max_steps=710"))
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 710
+    again = invoke("train", "--run-dir", run_dir, *sets(*TINY, f"data.train={toy_corpus / 'train'}", "train.max_steps=710"))
+    assert again.exit_code == 0 and "nothing to train: train.max_steps=710 already" in again.stderr
 
 
 def assert_error(result, *fragments: str) -> None:
