@@ -50,6 +50,7 @@ def alignment(translator: Translator, sentence: str, beam: Optional[int] = None)
 
 def plot_alignment(data: dict[str, Any], output: Path, layer: Optional[int] = None) -> Path:
     """Heatmaps averaged over heads: one per layer, or only `layer` (0-based)."""
+    check_output_path(output)  # before drawing
     plt = _pyplot()
     layers = data["layers"] if layer is None else [data["layers"][layer]]
     names = list(range(len(data["layers"]))) if layer is None else [layer]
@@ -69,6 +70,7 @@ def plot_alignment(data: dict[str, Any], output: Path, layer: Optional[int] = No
 
 def plot_curves(run_dir: Path, output: Path) -> Path:
     """Training and validation loss, validation BLEU and learning rate against steps."""
+    check_output_path(output)  # before reading and drawing
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         raise DataError(f"{metrics}: not found; is {run_dir} a run directory made by `nmt train`?")
@@ -100,11 +102,6 @@ def plot_curves(run_dir: Path, output: Path) -> Path:
 
 def _save(fig, output: Path) -> None:
     """Write the figure through a temporary file so a failed write leaves nothing half-done."""
-    try:
-        check_output_path(output)
-    except DataError:
-        fig.clf()
-        raise
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
     try:
         fig.savefig(tmp, dpi=120)
