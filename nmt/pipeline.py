@@ -169,10 +169,11 @@ def _quantize_int8(model: Transformer) -> Transformer:
     ships it; its deprecation warnings are not the user's to act on, so they are kept off the
     terminal, and a torch without it gets a one-line error instead of an AttributeError.
     """
-    quantize_dynamic = getattr(getattr(torch, "ao", None) and torch.ao.quantization, "quantize_dynamic", None)
-    if quantize_dynamic is None:
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
         raise ConfigError(f"--quantize int8: torch {torch.__version__} no longer has dynamic int8 quantization "
-                          "(torch.ao.quantization); translate in fp32 instead")
+                          "(torch.ao.quantization); translate in fp32 instead") from None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*\bdeprecated\b", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantiz.*\bdeprecated\b", category=UserWarning)
