@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.errors import ConfigError
-from nmt.model import Cache, Transformer
+from nmt.model import Cache, CacheBuffers, Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,12 @@ def _at_limit(step: int, limits: torch.Tensor, shortest: int) -> Optional[torch.
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all, a little faster than no_grad
-def greedy_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor) -> list[list[Hypothesis]]:
-    """src (B, S) padded ids ending in EOS; max_lens (B,) output limits counting EOS."""
+def greedy_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor,
+                  buffers: Optional[CacheBuffers] = None) -> list[list[Hypothesis]]:
+    """src (B, S) padded ids ending in EOS; max_lens (B,) output limits counting EOS; `buffers`: see `Cache`."""
     memory, src_mask = model.encode(src)
     B = src.size(0)
-    cache = model.new_cache(capacity=int(max_lens.max()))
+    cache = model.new_cache(capacity=int(max_lens.max()), buffers=buffers)
     last = torch.full((B, 1), model.start_id, dtype=torch.long, device=src.device)
     generated, log_prob = [], torch.zeros(B, device=src.device)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
@@ -113,18 +114,19 @@ def _strip(row: Sequence[int]) -> list[int]:
 
 @torch.inference_mode()
 def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, beam: int,
-                length_penalty: float = 1.0, nbest: int = 1) -> list[list[Hypothesis]]:
+                length_penalty: float = 1.0, nbest: int = 1, buffers: Optional[CacheBuffers] = None) -> list[list[Hypothesis]]:
     """Batched beam search: `beam` hypotheses per sentence, each step one decoder call for all of them.
 
     A candidate ending in EOS that ranks within the top `beam` is finished; a sentence is done
     once it has `beam` finished hypotheses, and its rows leave the batch, so each step costs only
     what the sentences still searching need. Returns the `nbest` best per sentence, best first.
+    `buffers` (see `Cache`) may be shared by the searches of successive batches.
     """
     B, K = src.size(0), beam
     memory, src_mask = model.encode(src)  # one row per sentence; its beam rows share it
     # The first step has one row per sentence (all K beams would be the same); it spreads to K rows.
     R, limits = 1, max_lens.clone()  # R decoder rows per sentence; limits per row
-    cache = model.new_cache(capacity=int(max_lens.max()))
+    cache = model.new_cache(capacity=int(max_lens.max()), buffers=buffers)
     tokens = torch.full((B, 1), model.start_id, dtype=torch.long, device=src.device)
     scores = torch.zeros(B, R, device=src.device)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
@@ -182,16 +184,17 @@ def output_limits(src_lengths: torch.Tensor, config: DecodeConfig, max_positions
     return limits.clamp(min=1, max=max_positions)
 
 
-def _decode_batch(model: Transformer, src: torch.Tensor, config: DecodeConfig) -> list[list[Hypothesis]]:
+def _decode_batch(model: Transformer, src: torch.Tensor, config: DecodeConfig, buffers: CacheBuffers) -> list[list[Hypothesis]]:
     limits = output_limits((src != PAD_ID).sum(1) - 1, config, model.config.max_positions)
     if config.beam == 1:
-        return greedy_search(model, src, limits)
-    return beam_search(model, src, limits, config.beam, config.length_penalty, config.nbest)
+        return greedy_search(model, src, limits, buffers)
+    return beam_search(model, src, limits, config.beam, config.length_penalty, config.nbest, buffers)
 
 
 # What a forked decoding worker reads: the model and the batches, inherited from the parent at fork,
 # so nothing is pickled but batch numbers going out and hypotheses coming back.
 _worker_job: Optional[tuple[Transformer, list[list[list[int]]], DecodeConfig]] = None  # model, batches of ids, settings
+_worker_buffers = CacheBuffers()  # a worker's decoding buffers, kept from one of its batches to the next
 
 
 def _worker_start() -> None:
@@ -205,7 +208,7 @@ def _worker_start() -> None:
 def _worker_decode(number: int) -> tuple[int, list[list[Hypothesis]]]:
     assert _worker_job is not None
     model, batches, config = _worker_job
-    return number, _decode_batch(model, pad(batches[number]), config)  # the searches run in inference mode
+    return number, _decode_batch(model, pad(batches[number]), config, _worker_buffers)  # the searches run in inference mode
 
 
 @torch.inference_mode()
@@ -251,8 +254,11 @@ def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: 
 
     workers = min(workers, len(batches))
     if workers <= 1:
+        # The batches' caches share their buffers, sized once for the largest (freed when this returns).
+        buffers = CacheBuffers(max(len(batch) * config.beam * int(output_limits(
+            torch.tensor([len(prepared[batch[0]]) - 1]), config, model.config.max_positions)) for batch in batches))
         for batch in batches:
-            collect(batch, _decode_batch(model, pad([prepared[i] for i in batch]).to(device), config))
+            collect(batch, _decode_batch(model, pad([prepared[i] for i in batch]).to(device), config, buffers))
         return results  # type: ignore[return-value]
     _worker_job = (model, [[prepared[i] for i in batch] for batch in batches], config)
     try:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import load_config
-from nmt.model import Dropout, Transformer, keep_mask, sinusoidal_table
+from nmt.model import Cache, CacheBuffers, Dropout, Transformer, keep_mask, sinusoidal_table
 
 V = 40
 
@@ -70,6 +70,32 @@ def test_beam_rows_share_their_sentence_memory() -> None:
     torch.testing.assert_close(model.decode(step, memory[:2], src_mask[:2], shared),
                                model.decode(step, memory.repeat_interleave(G, 0)[order], src_mask.repeat_interleave(G, 0)[order], copied),
                                atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_cache_buffers_are_reused_across_steps_and_caches() -> None:
+    """Beam steps alternate between two buffers per key/value without allocating, and a second cache on
+    the same buffers (the next batch) decodes exactly as a cache of its own."""
+    model = make_model("model.norm_first=false")
+    src, tgt = batch()
+    memory, src_mask = model.encode(src)
+    buffers = CacheBuffers(row_positions=tgt.numel())
+    order = torch.tensor([1, 0, 2])
+
+    def run(cache: Cache) -> list[torch.Tensor]:
+        outputs = []
+        for i in range(tgt.size(1)):
+            outputs.append(model.decode(tgt[:, i:i + 1], memory, src_mask, cache))
+            cache.reorder(order)
+        return outputs
+
+    run(model.new_cache(capacity=tgt.size(1), buffers=buffers))  # an earlier batch leaves its values behind
+    held = {key: tensor.data_ptr() for key, tensor in buffers.tensors.items()}
+    assert len(held) == 4 * len(model.decoder)  # keys and values, two buffers each
+    shared, fresh = run(model.new_cache(capacity=tgt.size(1), buffers=buffers)), run(model.new_cache(capacity=tgt.size(1)))
+    assert {key: tensor.data_ptr() for key, tensor in buffers.tensors.items()} == held
+    for a, b in zip(shared, fresh):
+        assert torch.equal(a, b)
 
 
 def test_causal_mask_hides_the_future() -> None:
