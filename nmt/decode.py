@@ -35,7 +35,10 @@ def _step_candidates(model: Transformer, last: torch.Tensor, memory: torch.Tenso
     best log-probabilities, so only the log-normaliser needs the whole vocabulary. BOS is never
     produced (padding's logit is already -inf); rows in `at_limit` have EOS as their only candidate.
     """
-    logits = model.decode(last, memory, src_mask, cache)[:, -1].float()
+    rows, vocabulary = last.size(0), model.tgt_embed.tokens.num_embeddings
+    # The logits (rows x vocabulary, 10 MB for 320 rows of 8,000) go into one buffer, reused step after step.
+    out = cache.buffers.take(("logits",), memory, (rows, 1, vocabulary), cache.buffers.rows * vocabulary)
+    logits = model.decode(last, memory, src_mask, cache, out=out)[:, -1].float()
     bos = logits[:, BOS_ID].clone()
     logits[:, BOS_ID] = float("-inf")
     values, tokens = top_k(logits, min(k, logits.size(-1)))  # in no order: the caller ranks them
@@ -193,8 +196,8 @@ def _decode_batch(model: Transformer, src: torch.Tensor, config: DecodeConfig, b
 
 # What a forked decoding worker reads: the model and the batches, inherited from the parent at fork,
 # so nothing is pickled but batch numbers going out and hypotheses coming back.
-_worker_job: Optional[tuple[Transformer, list[list[list[int]]], DecodeConfig]] = None  # model, batches of ids, settings
-_worker_buffers = CacheBuffers()  # a worker's decoding buffers, kept from one of its batches to the next
+_worker_job: Optional[tuple[Transformer, list[list[list[int]]], DecodeConfig, CacheBuffers]] = None  # model, batches of ids,
+# settings, and the (still empty) buffers that each worker fills once and keeps from one of its batches to the next
 
 
 def _worker_start() -> None:
@@ -207,8 +210,8 @@ def _worker_start() -> None:
 
 def _worker_decode(number: int) -> tuple[int, list[list[Hypothesis]]]:
     assert _worker_job is not None
-    model, batches, config = _worker_job
-    return number, _decode_batch(model, pad(batches[number]), config, _worker_buffers)  # the searches run in inference mode
+    model, batches, config, buffers = _worker_job
+    return number, _decode_batch(model, pad(batches[number]), config, buffers)  # the searches run in inference mode
 
 
 @torch.inference_mode()
@@ -252,15 +255,17 @@ def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: 
         if progress is not None:
             progress(len(batch))
 
+    # The batches' caches share their buffers, sized once for the largest (freed when this returns).
+    limits = [int(output_limits(torch.tensor([len(prepared[batch[0]]) - 1]), config, model.config.max_positions))
+              for batch in batches]
+    buffers = CacheBuffers(rows=max(len(batch) for batch in batches) * config.beam,
+                           row_positions=max(len(batch) * config.beam * limit for batch, limit in zip(batches, limits)))
     workers = min(workers, len(batches))
     if workers <= 1:
-        # The batches' caches share their buffers, sized once for the largest (freed when this returns).
-        buffers = CacheBuffers(max(len(batch) * config.beam * int(output_limits(
-            torch.tensor([len(prepared[batch[0]]) - 1]), config, model.config.max_positions)) for batch in batches))
         for batch in batches:
             collect(batch, _decode_batch(model, pad([prepared[i] for i in batch]).to(device), config, buffers))
         return results  # type: ignore[return-value]
-    _worker_job = (model, [[prepared[i] for i in batch] for batch in batches], config)
+    _worker_job = (model, [[prepared[i] for i in batch] for batch in batches], config, buffers)
     try:
         # The longest batches go first, so no worker is left with a long one at the end.
         with multiprocessing.get_context("fork").Pool(workers, _worker_start) as pool:

@@ -25,15 +25,25 @@ from nmt.config import ModelConfig
 
 
 class CacheBuffers:
-    """Flat tensors that the caches of successive batches share (see `Cache`), kept by key.
+    """Flat tensors that the caches of successive batches share (see `Cache`), and a beam search's
+    logits buffer, kept by key.
 
-    `row_positions`, when known, is rows x positions of the largest cache to come (a batch's decoder
-    rows times its output limit), so that each buffer is allocated once, at that size.
+    `rows` and `row_positions`, when known, are the most decoder rows of a batch to come and its
+    largest rows x output limit, so that each buffer is allocated once, at the size it will need.
     """
 
-    def __init__(self, row_positions: int = 0) -> None:
-        self.row_positions = row_positions
-        self.tensors: dict[tuple[int, str, int], torch.Tensor] = {}
+    def __init__(self, rows: int = 0, row_positions: int = 0) -> None:
+        self.rows, self.row_positions = rows, row_positions
+        self.tensors: dict[tuple, torch.Tensor] = {}
+
+    def take(self, key: tuple, like: torch.Tensor, shape: tuple[int, ...], least: int = 0) -> torch.Tensor:
+        """An uninitialised `shape` tensor in buffer `key`, which is (re)allocated, for at least
+        `least` elements, if it does not hold that many yet."""
+        numel = math.prod(shape)
+        flat = self.tensors.get(key)
+        if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
+            flat = self.tensors[key] = like.new_empty(max(numel, least))
+        return flat[:numel].view(shape)
 
 
 class Cache:
@@ -59,13 +69,8 @@ class Cache:
         self.slots = [0] * n_layers  # which of its two buffers each layer's keys/values are in
 
     def _take(self, index: int, name: str, slot: int, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        """An uninitialised (shape) tensor in buffer (index, name, slot), which is grown if too small."""
-        key, numel = (index, name, slot), math.prod(shape)
-        flat = self.buffers.tensors.get(key)
-        if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
-            size = max(numel, self.buffers.row_positions * shape[2] * shape[3])
-            flat = self.buffers.tensors[key] = like.new_empty(size)
-        return flat[:numel].view(shape)
+        """Layer `index`'s keys or values (`name`), (N, positions, H, D/H), in its buffer number `slot`."""
+        return self.buffers.take((index, name, slot), like, shape, self.buffers.row_positions * shape[2] * shape[3])
 
     def append(self, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store layer `index`'s new keys/values (N, H, T, D/H) after the filled positions; return all of them.
@@ -327,7 +332,8 @@ class Transformer(nn.Module):
         return self.encoder_norm(x), src_mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-               cache: Optional[Cache] = None, keep: Optional[torch.Tensor] = None, project: bool = True) -> torch.Tensor:
+               cache: Optional[Cache] = None, keep: Optional[torch.Tensor] = None, project: bool = True,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tgt_in (N, T) -> logits (N, T, V). With a cache, tgt_in holds only the positions not yet seen,
         and N may be a multiple of memory's B (see `Cache`).
 
@@ -335,6 +341,8 @@ class Transformer(nn.Module):
         vocabulary: logits (n, V). Training passes the non-padding targets, so no work is spent on
         padded positions' logits. With `project=False` the decoder's outputs are returned before the
         projection, (N, T, D) or (n, D), for a loss that projects them itself (see `output_weight`).
+        `out`, a tensor shaped like the logits, may receive them (a search reuses one from step to
+        step); it is used outside autograd, with a plain output projection, and the result is returned.
         """
         x = self.tgt_embed(tgt_in, cache.length if cache is not None else 0)
         for i, layer in enumerate(self.decoder):
@@ -346,8 +354,10 @@ class Transformer(nn.Module):
             x = x.reshape(-1, x.size(-1)).index_select(0, keep)  # (n, D)
         if not project:
             return x
-        # A module call when there is an output layer, so that int8 quantization can replace it.
-        logits = F.linear(x, self.output_weight()) if self.output is None else self.output(x)  # (B, T, V)
+        if out is not None and not torch.is_grad_enabled() and (self.output is None or type(self.output) is nn.Linear):
+            logits = torch.matmul(x, self.output_weight().t(), out=out)
+        else:  # a module call when there is an output layer, so that int8 quantization can replace it
+            logits = F.linear(x, self.output_weight()) if self.output is None else self.output(x)  # (B, T, V)
         logits[..., self.pad_id] = float("-inf")  # padding is never an output (a column write, not a bias add)
         return logits
 
