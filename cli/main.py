@@ -210,8 +210,10 @@ def attention(
     layer: Annotated[Optional[int], typer.Option(help="Only this decoder layer (1-based); default: every layer.")] = None,
     beam: Annotated[Optional[int], typer.Option(help="Beam size for the translation; default: the model's.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP)] = None,
 ) -> None:
     """Show the cross-attention alignment between a sentence and its translation."""
+    from nmt.config import decode_overrides
     from nmt.errors import NMTError
 
     def job() -> str:
@@ -221,12 +223,13 @@ def attention(
 
         if format not in ("png", "json"):
             raise NMTError(f"--format {format!r}: choose png or json")
+        decode = decode_overrides(set_ or [])
         if output is not None:
             check_output_path(output)
         translator = Translator.load(model, device)
         if layer is not None and not 1 <= layer <= translator.config.model.n_decoder_layers:
             raise NMTError(f"--layer {layer}: the model has decoder layers 1 to {translator.config.model.n_decoder_layers}")
-        data = alignment(translator, src, beam)
+        data = alignment(translator, src, beam, decode)
         if layer is not None:
             data["layers"] = [data["layers"][layer - 1]]
         if format == "json":

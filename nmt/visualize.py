@@ -28,15 +28,17 @@ def _pyplot():
     return plt
 
 
-def alignment(translator: Translator, sentence: str, beam: Optional[int] = None) -> dict[str, Any]:
-    """Translate `sentence` and return its subword pieces with every decoder layer's cross-attention.
+def alignment(translator: Translator, sentence: str, beam: Optional[int] = None,
+              decode: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Translate `sentence` (with `beam` and other decode settings overridden as in `Translator.translate`)
+    and return its subword pieces with every decoder layer's cross-attention.
 
     `layers[l][h][t][s]` is how much target piece t (or the final EOS) attends to source piece s.
     """
     if not sentence.strip():
         raise DataError("--src is empty: give a sentence to translate")
     tok, model = translator.tokenizer, translator.model
-    translation = translator.translate([sentence], beam=beam)[0]
+    translation = translator.translate([sentence], beam=beam, **(decode or {}))[0]
     src_ids = tok.encode_src([sentence.strip()])[0][: model.config.max_positions - 1] + [EOS_ID]
     tgt_ids = tok.encode_tgt([translation])[0][: model.config.max_positions - 1]
     src = torch.tensor([src_ids], device=translator.device)

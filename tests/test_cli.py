@@ -311,3 +311,10 @@ def test_pictures(trained: Path, tmp_path: Path) -> None:
     assert invoke("attention", "--model", trained, "--src", "ka lu mi", "--output", picture, "--layer", "2").exit_code == 0
     assert picture.read_bytes()[:4] == b"\x89PNG"
     assert_error(invoke("attention", "--model", trained, "--src", "ka", "--layer", "9", "--format", "json"), "--layer 9")
+    # Decode settings apply to the translation shown: a limit of one token leaves only EOS.
+    short = invoke("attention", "--model", trained, "--src", "ka lu mi", "--format", "json",
+                   "--set", "decode.max_len_a=0", "--set", "decode.max_len_b=1")
+    assert short.exit_code == 0, short.output
+    assert json.loads(short.stdout)["translation"] == "" and json.loads(short.stdout)["target_pieces"] == ["</s>"]
+    assert_error(invoke("attention", "--model", trained, "--src", "ka", "--format", "json", "--set", "train.lr=1"),
+                 "only decode.*")
