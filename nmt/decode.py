@@ -219,10 +219,11 @@ def _decode_batch(model: Transformer, src: torch.Tensor, config: DecodeConfig, b
     return beam_search(model, src, limits, config.beam, config.length_penalty, config.nbest, buffers)
 
 
-# What a forked decoding worker reads: the model and the batches, inherited from the parent at fork,
-# so nothing is pickled but batch numbers going out and hypotheses coming back.
-_worker_job: Optional[tuple[Transformer, list[list[list[int]]], DecodeConfig, CacheBuffers]] = None  # model, batches of ids,
-# settings, and the (still empty) buffers that each worker fills once and keeps from one of its batches to the next
+# What a forked decoding worker reads: the model, the batches of ids, the settings and the (still
+# empty) cache buffers, which each worker fills once and keeps from one of its batches to the next;
+# inherited from the parent at fork, so nothing is pickled but batch numbers going out and
+# hypotheses coming back.
+_worker_job: Optional[tuple[Transformer, list[list[list[int]]], DecodeConfig, CacheBuffers]] = None
 
 
 def _worker_start() -> None:
