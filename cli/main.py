@@ -69,7 +69,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show deb
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)  # force: rebind to the current stderr on every call
-    for noisy in ("datasets", "filelock", "fsspec", "urllib3", "httpx", "huggingface_hub"):
+    for noisy in ("datasets", "filelock", "fsspec", "urllib3", "httpx", "huggingface_hub", "sacrebleu"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -140,11 +140,16 @@ def evaluate(
     quantize: Annotated[Optional[str], typer.Option(help="int8 (CPU) or bf16 (GPU) inference, with --model.")] = None,
     workers: Annotated[int, typer.Option(help="CPU decoding processes with --model (see `nmt translate`).")] = 1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP + " With --model.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Add each score's 95% confidence interval from this many bootstrap "
+                                                "resamples of the sentences (sacreBLEU's, seeded), e.g. 1000; 0: none.")] = 0,
+    baseline: Annotated[Optional[Path], typer.Option(help="Another system's translations of the same sentences: a paired "
+                                                          "bootstrap test gives its scores and the p-value of the difference.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object with scores and signatures.")] = False,
 ) -> None:
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures).
 
-    Either --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE.
+    Either --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE. --bootstrap adds confidence
+    intervals, --baseline FILE a significance test against another system's output.
     """
     from nmt.config import decode_overrides
     from nmt.errors import NMTError
@@ -156,11 +161,14 @@ def evaluate(
             raise NMTError("give --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE")
         if beam is not None and beam < 1:
             raise NMTError(f"--beam must be >= 1, got {beam}")
+        if bootstrap < 0:
+            raise NMTError(f"--bootstrap must be >= 0, got {bootstrap}")
         if hyp is not None:
             if set_:
                 raise NMTError("--set changes decoding, so it goes with --model DIR --src FILE, not --hyp")
-            return evaluate_files(hyp, ref)
-        return evaluate_model(model, src, ref, beam, device, output, quantize, workers, decode_overrides(set_ or []))
+            return evaluate_files(hyp, ref, bootstrap, baseline)
+        return evaluate_model(model, src, ref, beam, device, output, quantize, workers, decode_overrides(set_ or []),
+                              bootstrap, baseline)
 
     scores = _run(job)
     typer.echo(json.dumps(scores) if json_ else format_scores(scores))

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.significance import PairedTest
 
 from nmt.errors import DataError
 
 
-def score(hyps: Sequence[str], *refs: Sequence[str], where: str = "hypotheses") -> dict:
+def score(hyps: Sequence[str], *refs: Sequence[str], where: str = "hypotheses", bootstrap: int = 0,
+          baseline: Optional[Sequence[str]] = None) -> dict:
     """Corpus-level sacreBLEU scores (cased, detokenized input) and each metric's signature.
 
     `refs` is one reference stream per reference translation, each line-aligned with `hyps`.
+    `bootstrap` > 0 adds each score's 95% confidence interval from that many bootstrap resamples of
+    the sentences (`{metric}_ci`, the half-width). `baseline`, another system's hypotheses of the
+    same sentences, adds a paired bootstrap test (as Moses' and sacreBLEU's: `bootstrap` resamples,
+    1,000 if not given): its score and interval (`{metric}_baseline`, `{metric}_baseline_ci`) and
+    `{metric}_p`, the chance of a difference at least this large if the two were equally good.
+    Resampling is seeded (sacreBLEU's seed 12345, in the signature), so scores repeat exactly.
     """
     if not refs:
         raise DataError(f"{where}: no references given")
@@ -21,15 +29,34 @@ def score(hyps: Sequence[str], *refs: Sequence[str], where: str = "hypotheses") 
             which = f" (reference set {number})" if len(refs) > 1 else ""
             raise DataError(f"{where}: {len(hyps)} hypotheses but {len(stream)} references{which}; "
                             "they must be line-aligned")
+    if baseline is not None and len(baseline) != len(hyps):
+        raise DataError(f"{where}: {len(hyps)} hypotheses but {len(baseline)} baseline lines; they must be line-aligned")
     if not hyps:
         raise DataError(f"{where}: nothing to score (no lines)")
+    if bootstrap < 0:
+        raise DataError(f"bootstrap resamples must be >= 0, got {bootstrap}")
+    references = [list(stream) for stream in refs]
     result: dict = {"sentences": len(hyps)}
     # bleu_lc (lowercased, 13a tokenization) is stated separately so scores line up with papers that report it.
     metrics = (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER()), ("bleu_lc", BLEU(lowercase=True, tokenize="13a")))
     for name, metric in metrics:
-        value = metric.corpus_score(list(hyps), [list(stream) for stream in refs])
-        result[name] = round(value.score, 2)
-        result[f"{name}_signature"] = str(metric.get_signature())
+        if not bootstrap and baseline is None:
+            value = metric.corpus_score(list(hyps), references)
+            result[name] = round(value.score, 2)
+            result[f"{name}_signature"] = str(metric.get_signature())
+            continue
+        # sacreBLEU's paired test resamples the baseline (first) and the system alike; alone, the
+        # system is its "baseline", and the test gives its confidence interval.
+        systems = ([("baseline", list(baseline))] if baseline is not None else []) + [("system", list(hyps))]
+        signatures, found = PairedTest(systems, {name: metric}, references, test_type="bs", n_samples=bootstrap)()
+        (key,) = signatures  # the metric's display name, e.g. "BLEU"
+        system = found[key][-1]
+        result[name], result[f"{name}_ci"] = round(float(system.score), 2), round(float(system.ci), 2)  # not numpy's
+        if baseline is not None:
+            base = found[key][0]
+            result[f"{name}_baseline"], result[f"{name}_baseline_ci"] = round(float(base.score), 2), round(float(base.ci), 2)
+            result[f"{name}_p"] = round(float(system.p_value), 4)
+        result[f"{name}_signature"] = str(signatures[key])
     return result
 
 
@@ -39,6 +66,15 @@ def bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 
 def format_scores(scores: dict) -> str:
-    """Human-readable lines: each score with its signature."""
+    """Human-readable lines: each score (with its 95% interval, when bootstrapped) and its signature,
+    then, against a baseline, the baseline's score, the difference and its p-value."""
     names = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER", "bleu_lc": "BLEU (lowercased)"}
-    return "\n".join(f"{label:17s} = {scores[key]:6.2f}  {scores[key + '_signature']}" for key, label in names.items())
+    lines = []
+    for key, label in names.items():
+        interval = f" ± {scores[key + '_ci']:5.2f}" if key + "_ci" in scores else ""
+        lines.append(f"{label:17s} = {scores[key]:6.2f}{interval}  {scores[key + '_signature']}")
+        if key + "_baseline" in scores:
+            base = scores[key + "_baseline"]
+            lines.append(f"{'':17s}   baseline {base:6.2f} ± {scores[key + '_baseline_ci']:5.2f}, difference "
+                         f"{scores[key] - base:+.2f}, p = {scores[key + '_p']:.4f} (paired bootstrap)")
+    return "\n".join(lines)

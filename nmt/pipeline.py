@@ -308,31 +308,40 @@ def _ref_paths(ref_path: Path | Sequence[Path]) -> list[Path]:
     return [ref_path] if isinstance(ref_path, (str, Path)) else list(ref_path)
 
 
-def evaluate_files(hyp_path: Path, ref_path: Path | Sequence[Path]) -> dict:
-    """Score a hypothesis file against a reference file (or several, one reference translation each)."""
+def evaluate_files(hyp_path: Path, ref_path: Path | Sequence[Path], bootstrap: int = 0,
+                   baseline_path: Optional[Path] = None) -> dict:
+    """Score a hypothesis file against a reference file (or several, one reference translation each);
+    `bootstrap` and a baseline system's hypotheses (`baseline_path`) as in `nmt.evaluate.score`."""
     paths = _ref_paths(ref_path)
-    return score(read_lines(hyp_path), *map(read_lines, paths), where=f"{hyp_path} vs {', '.join(map(str, paths))}")
+    baseline = read_lines(baseline_path) if baseline_path is not None else None
+    return score(read_lines(hyp_path), *map(read_lines, paths), where=f"{hyp_path} vs {', '.join(map(str, paths))}",
+                 bootstrap=bootstrap, baseline=baseline)
 
 
 def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Path], beam: Optional[int] = None,
                    device: str = "auto", output_path: Optional[Path] = None, quantize: Optional[str] = None,
-                   workers: int = 1, decode: Optional[dict] = None) -> dict:
+                   workers: int = 1, decode: Optional[dict] = None, bootstrap: int = 0,
+                   baseline_path: Optional[Path] = None) -> dict:
     """Translate `src_path` with the model and score it against `ref_path` (or several reference files);
-    `decode` as in `translate_file`."""
+    `decode` as in `translate_file`, `bootstrap` and `baseline_path` as in `evaluate_files`."""
     decode = decode or {}
+    if bootstrap < 0:
+        raise NMTError(f"--bootstrap must be >= 0, got {bootstrap}")
     src, ref_paths = read_lines(src_path), _ref_paths(ref_path)
     refs = [read_lines(path) for path in ref_paths]
+    baseline = read_lines(baseline_path) if baseline_path is not None else None
     if output_path is not None:
         check_output_path(output_path)
-    for path, stream in zip(ref_paths, refs):
-        if len(src) != len(stream):
+    # Every input is checked before the translation, which is the long part.
+    for path, stream in zip([*ref_paths, baseline_path], [*refs, baseline]):
+        if stream is not None and len(src) != len(stream):
             raise NMTError(f"{src_path} has {len(src)} lines but {path} has {len(stream)}; they must be line-aligned")
     translator = Translator.load(model_dir, device, quantize)
     settings = translator.settings(beam, decode)
     hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers, **decode)
     if output_path is not None:
         write_lines_atomic(hyps, output_path)
-    result = score(hyps, *refs, where=str(src_path))
+    result = score(hyps, *refs, where=str(src_path), bootstrap=bootstrap, baseline=baseline)
     result["beam"], result["length_penalty"] = settings.beam, settings.length_penalty
     return result
 

@@ -93,6 +93,23 @@ def test_translate_files_and_eval_hyp(trained: Path, toy_corpus: Path, tmp_path:
     assert twice.exit_code == 0 and json.loads(twice.stdout)["bleu_signature"].startswith("nrefs:2|")
 
 
+def test_eval_intervals_and_baseline(trained: Path, toy_corpus: Path, tmp_path: Path) -> None:
+    ref = toy_corpus / "test.yy"
+    sure = invoke("eval", "--hyp", ref, "--ref", ref, "--bootstrap", "100", "--json")
+    assert sure.exit_code == 0, sure.output
+    assert json.loads(sure.stdout)["bleu_ci"] == 0.0 and "|bs:100|" in json.loads(sure.stdout)["bleu_signature"]
+    empty = tmp_path / "empty.yy"
+    empty.write_text("\n" * len(ref.read_text().splitlines()))
+    text = invoke("eval", "--model", trained, "--src", toy_corpus / "test.xx", "--ref", ref, "--baseline", empty)
+    assert text.exit_code == 0, text.output
+    assert "baseline   0.00" in text.stdout and "p = " in text.stdout  # every line empty against the model's
+    out = tmp_path / "never.yy"
+    assert_error(invoke("eval", "--model", trained, "--src", toy_corpus / "test.xx", "--ref", ref, "--output", out,
+                        "--baseline", toy_corpus / "train.yy"), "must be line-aligned")
+    assert not out.exists()  # refused before translating
+    assert_error(invoke("eval", "--hyp", ref, "--ref", ref, "--bootstrap", "-1"), "--bootstrap must be >= 0")
+
+
 def test_decode_settings_on_the_command_line(trained: Path, toy_corpus: Path) -> None:
     # An output limit of one token (EOS) leaves every translation empty.
     result = invoke("translate", "--model", trained, "--set", "decode.max_len_a=0", "--set", "decode.max_len_b=1",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from nmt.errors import DataError
@@ -33,3 +35,26 @@ def test_several_references() -> None:
     assert score(hyps, first)["bleu"] < 100.0
     with pytest.raises(DataError, match="reference set 2"):
         score(hyps, first, ["x"])
+
+
+def test_bootstrap_intervals_and_paired_test() -> None:
+    """Confidence intervals come with the same scores and a signature that says how they were made;
+    seeded, they repeat; a paired test tells a much worse system from the same one."""
+    refs = [f"Ein Hund Nummer {i} läuft über die Wiese ." for i in range(40)]
+    hyps = [r if i % 3 else f"Ein Hund {i} rennt ." for i, r in enumerate(refs)]
+    plain, bootstrapped = score(hyps, refs), score(hyps, refs, bootstrap=200)
+    for name in ("bleu", "chrf", "ter", "bleu_lc"):
+        assert bootstrapped[name] == plain[name] and bootstrapped[f"{name}_ci"] > 0
+    assert "|bs:200|seed:12345|" in bootstrapped["bleu_signature"]
+    assert score(hyps, refs, bootstrap=200) == bootstrapped
+    assert json.loads(json.dumps(bootstrapped)) == bootstrapped  # plain numbers, for --json
+    assert "±" in format_scores(bootstrapped)
+    near = hyps[:38] + ["Ein Hund Nummer 38 rennt über die Wiese ."] + hyps[39:]  # one word of a right sentence wrong
+    close = score(hyps, refs, baseline=near)
+    assert close["bleu_baseline"] < close["bleu"] and close["bleu_p"] > 0.05 and "|bs:1000|" in close["bleu_signature"]
+    worse = [f"Katze {i} ." for i in range(40)]
+    against = score(hyps, refs, baseline=worse, bootstrap=200)
+    assert against["bleu_baseline"] < against["bleu"] and against["bleu_p"] < 0.01 and against["chrf_p"] < 0.01
+    assert "p = " in format_scores(against) and "baseline" in format_scores(against)
+    with pytest.raises(DataError, match="40 hypotheses but 2 baseline lines"):
+        score(hyps, refs, baseline=worse[:2])
