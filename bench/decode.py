@@ -13,6 +13,7 @@ Needs `pip install 'nmt[export]'` (transformers and ctranslate2; without ctransl
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import resource
@@ -159,9 +160,7 @@ def main() -> None:
     export_hf(args.model, work / "hf")
     ours = Translator.load(args.model, device="cpu")
     names, skipped = engine_names(device, args.workers), {}
-    try:
-        import ctranslate2  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ctranslate2") is None:
         names, skipped["ct2"] = [n for n in names if not n.startswith("ct2")], "ctranslate2 not installed"
     for name, why in skipped.items():
         print(f"{name} rows left out: {why}", file=sys.stderr)

@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import Callable, Optional, Sequence, TextIO
 
 import torch
 import yaml
@@ -144,15 +144,17 @@ def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
     log.info("model: %s parameters", f"{count_parameters(model):,}")
     if distributed.world_size() > 1:
         torch.manual_seed(config.train.seed + distributed.rank())  # same initial weights, different dropout masks
-    valid, bleu_fn = None, None
+    valid: Optional[ValidSet] = None
+    bleu_fn: Optional[Callable[[Transformer], float]] = None
     if valid_src:
         pairs = [(s.strip(), t.strip()) for s, t in zip(valid_src, valid_tgt) if s.strip() and t.strip()]
         valid = ValidSet(tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs]))
         limit = config.train.valid_bleu_sentences or len(pairs)
         bleu_src, bleu_ref = [s for s, _ in pairs[:limit]], [t for _, t in pairs[:limit]]
 
-        def bleu_fn(m: Transformer) -> float:
+        def valid_bleu(m: Transformer) -> float:
             return bleu(_translate_texts(m, tokenizer, bleu_src, config.decode, device), bleu_ref)
+        bleu_fn = valid_bleu
     trainer = Trainer(model, config.train, run_dir, corpus, valid, bleu_fn, device)
     if latest is not None:
         trainer.resume(latest)
