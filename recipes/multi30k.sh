@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Multi30k end to end: train a tokenizer and a transformer, average the last checkpoints if that
 # scores better on val, translate test_2016_flickr with beam 5, and print one JSON line with
-# sacreBLEU, chrF, TER and lowercased 13a BLEU (with signatures) plus the time taken.
+# sacreBLEU, chrF, TER and lowercased 13a BLEU (with signatures and 95% bootstrap intervals) plus
+# the time taken.
 #
 #   recipes/multi30k.sh --src en --tgt de --run-dir runs/en-de [--profile cpu|gpu] [--data-dir DIR]
 #                       [--set section.key=value ...]
@@ -21,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     --run-dir) run_dir="$2"; shift 2 ;;
     --profile) profile="$2"; shift 2 ;;
     --set) overrides+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,7 +61,7 @@ file() { [[ -f "$data_dir/$1" ]] && echo "$data_dir/$1" || echo "$data_dir/$1.gz
 nmt average --model "$run_dir" --last 4 --last 8 --valid-src "$(file "val.$src")" --valid-ref "$(file "val.$tgt")" \
   > "$run_dir/average.json"
 test_src="$(file "test_2016_flickr.$src")" test_ref="$(file "test_2016_flickr.$tgt")"
-nmt eval --model "$run_dir" --src "$test_src" --ref "$test_ref" --beam 5 \
+nmt eval --model "$run_dir" --src "$test_src" --ref "$test_ref" --beam 5 --bootstrap 1000 \
   --output "$run_dir/test_2016_flickr.hyp.$tgt" --json > "$run_dir/test_2016_flickr.json"
 
 python - "$run_dir" "$src" "$tgt" "$start" "$profile" <<'PY'

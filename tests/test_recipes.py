@@ -34,7 +34,8 @@ def test_recipe_end_to_end(tmp_path: Path) -> None:
     line = json.loads(result.stdout.strip().splitlines()[-1])
     assert line["pair"] == "xx-yy" and line["profile"] == "cpu" and line["sentences"] == 30
     assert set(line["val_bleu"]) == {"none", "last4"}  # 4 checkpoints kept at most 40 / 10; last8 is skipped
-    assert line["average"] in line["val_bleu"] and line["bleu_signature"].startswith("nrefs:1|case:mixed")
+    assert line["average"] in line["val_bleu"] and line["bleu_signature"].startswith("nrefs:1|bs:1000|seed:12345|case:mixed")
+    assert line["bleu_ci"] >= 0 and line["chrf_ci"] >= 0  # 95% bootstrap intervals
     assert (run_dir / "test_2016_flickr.hyp.yy").is_file()
 
 
