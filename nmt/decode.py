@@ -285,8 +285,9 @@ def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: 
     # The batches' caches share their buffers, sized once for the largest (freed when this returns).
     limits = [int(output_limits(torch.tensor([len(prepared[batch[0]]) - 1]), config, model.config.max_positions))
               for batch in batches]
-    buffers = CacheBuffers(rows=max(len(batch) for batch in batches) * config.beam,
-                           row_positions=max(len(batch) * config.beam * limit for batch, limit in zip(batches, limits)))
+    buffers = CacheBuffers(rows=max((len(batch) for batch in batches), default=0) * config.beam,
+                           row_positions=max((len(batch) * config.beam * limit for batch, limit in zip(batches, limits)),
+                                             default=0))
     workers = min(workers, len(batches))
     if workers <= 1:
         for batch in batches:

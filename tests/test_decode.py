@@ -104,6 +104,7 @@ def test_batching_and_order_do_not_change_translations() -> None:
     batched = [h[0].tokens for h in translate_ids(model, srcs, config)]
     small_batches = [h[0].tokens for h in translate_ids(model, srcs, load_config(None, ["decode.beam=3", "decode.max_tokens=40"]).decode)]
     assert batched == one_by_one == small_batches
+    assert translate_ids(model, [], config) == []  # nothing to translate is not an error
 
 
 def test_worker_processes_change_nothing() -> None:
