@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -80,12 +83,16 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
 
 
 def _translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
-                     device: torch.device, show_progress: bool = False, workers: int = 1) -> list[list[tuple[str, float]]]:
-    """(text, score) hypotheses per line, best first; empty (or all-space) lines give one empty hypothesis."""
+                     device: torch.device, show_progress: bool = False, workers: int = 1,
+                     progress: Optional[Callable[[int], None]] = None) -> list[list[tuple[str, float]]]:
+    """(text, score) hypotheses per line, best first; empty (or all-space) lines give one empty hypothesis.
+
+    `progress`, when given, is told of each batch's sentences (instead of a progress bar of its own)."""
     todo = [i for i, line in enumerate(lines) if line.strip()]
     ids = tokenizer.encode_src([lines[i].strip() for i in todo])
-    with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_progress, mininterval=1.0) as bar:
-        hyps = translate_ids(model, ids, decode, device, progress=bar.update, workers=workers)
+    with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_progress or progress is not None,
+              mininterval=1.0) as bar:
+        hyps = translate_ids(model, ids, decode, device, progress=progress or bar.update, workers=workers)
     out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
     for index, found in zip(todo, hyps):
         out[index] = list(zip(tokenizer.decode_tgt([h.tokens for h in found]), (h.score for h in found)))
@@ -93,9 +100,11 @@ def _translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[s
 
 
 def _translate_texts(model: Transformer, tokenizer: Tokenizer, lines: Sequence[str], decode: DecodeConfig,
-                     device: torch.device, show_progress: bool = False, workers: int = 1) -> list[str]:
+                     device: torch.device, show_progress: bool = False, workers: int = 1,
+                     progress: Optional[Callable[[int], None]] = None) -> list[str]:
     """The best translation of each line; empty lines map to empty lines."""
-    return [found[0][0] for found in _translate_nbest(model, tokenizer, lines, decode, device, show_progress, workers)]
+    return [found[0][0] for found in _translate_nbest(model, tokenizer, lines, decode, device, show_progress, workers,
+                                                      progress)]
 
 
 def _prepare_data(config: Config, run_dir: Path, resuming: bool) -> tuple[Tokenizer, TokenizedCorpus, list[str], list[str]]:
@@ -224,19 +233,23 @@ class Translator:
         return config.decode
 
     def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False,
-                  workers: int = 1, **decode) -> list[str]:
+                  workers: int = 1, progress: Optional[Callable[[int], None]] = None, **decode) -> list[str]:
         """Translate lines; `beam` and other DecodeConfig fields override the model's stored decode settings.
 
         `workers` > 1 decodes in that many CPU processes of one thread each (see `translate_ids`).
+        `progress(n)` is called as batches of n sentences are done (e.g. a progress bar's update).
         """
         settings = self.settings(beam, decode)
-        return _translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers)
+        return _translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers,
+                                progress)
 
     def translate_nbest(self, lines: Sequence[str], nbest: int, beam: Optional[int] = None,
-                        show_progress: bool = False, workers: int = 1, **decode) -> list[list[tuple[str, float]]]:
+                        show_progress: bool = False, workers: int = 1, progress: Optional[Callable[[int], None]] = None,
+                        **decode) -> list[list[tuple[str, float]]]:
         """The `nbest` best (text, score) pairs per line; score is log-probability / length**length_penalty."""
         settings = self.settings(beam, {**decode, "nbest": nbest})
-        return _translate_nbest(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers)
+        return _translate_nbest(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers,
+                                progress)
 
 
 def write_lines_atomic(lines: Sequence[str], output: Path) -> None:
@@ -259,15 +272,70 @@ def _read_input(input_path: Optional[Path], stdin: TextIO) -> list[str]:
     return [line.rstrip("\r\n") for line in stdin]
 
 
+# A translation into a file goes in chunks of this many input lines, each appended to a partial file
+# beside the output once done, so that a run that is stopped continues where it stopped.
+RESUME_CHUNK = 10_000
+
+
+class _PartialOutput:
+    """OUTPUT's translation in progress: `.OUTPUT.partial`, the finished chunks' lines, and
+    `.OUTPUT.partial.json`, what is being translated (`job`) and how far it got."""
+
+    def __init__(self, output: Path, job: dict) -> None:
+        self.output, self.job = output, job
+        self.text = output.with_name(f".{output.name}.partial")
+        self.state = output.with_name(f".{output.name}.partial.json")
+
+    def resume(self) -> int:
+        """Input lines that an earlier run of the same job translated (0 if none); anything else is dropped."""
+        try:
+            state = json.loads(self.state.read_text(encoding="utf-8"))
+            if state["job"] == self.job and self.text.stat().st_size >= state["bytes"]:
+                with self.text.open("r+b") as f:
+                    f.truncate(state["bytes"])  # a chunk being written when the run stopped
+                return int(state["done"])
+            log.info("%s: left by a translation of another input, model or settings; starting over", self.text)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # nothing to resume
+        self._guard(lambda: self.text.write_bytes(b""))
+        return 0
+
+    def append(self, lines: Sequence[str], done: int) -> None:
+        """Add a finished chunk's lines; `done` input lines are translated with it."""
+        def write() -> None:
+            with self.text.open("a", encoding="utf-8", newline="\n") as f:
+                f.writelines(line + "\n" for line in lines)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp = self.state.with_name(self.state.name + ".tmp")
+            tmp.write_text(json.dumps({"job": self.job, "done": done, "bytes": self.text.stat().st_size}), encoding="utf-8")
+            os.replace(tmp, self.state)
+        self._guard(write)
+
+    def finish(self) -> None:
+        def move() -> None:
+            os.replace(self.text, self.output)
+            self.state.unlink(missing_ok=True)
+        self._guard(move)
+
+    def _guard(self, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except OSError as exc:
+            raise NMTError(f"{self.output}: cannot write ({exc.strerror or exc})") from None
+
+
 def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Optional[Path], beam: Optional[int],
                    device: str = "auto", nbest: int = 1, stdin: Optional[TextIO] = None,
                    stdout: Optional[TextIO] = None, quantize: Optional[str] = None, workers: int = 1,
                    decode: Optional[dict] = None, interactive: bool = False) -> int:
-    """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the line count.
+    """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the lines written.
 
     With nbest > 1 each input line gives `nbest` lines "INDEX ||| TRANSLATION ||| SCORE" (index from 0).
     `decode` overrides the model's decode settings ({"length_penalty": 0.6, ...}). `interactive`
-    (stdin to stdout, for a person typing) translates each line as soon as it is read.
+    (stdin to stdout, for a person typing) translates each line as soon as it is read. Into a file,
+    more than `RESUME_CHUNK` lines are translated chunk by chunk, and the same call after an
+    interruption continues from the last finished chunk (see `_PartialOutput`).
     """
     decode = decode or {}
     if interactive and (input_path is not None or output_path is not None):
@@ -279,13 +347,14 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     if output_path is not None:
         check_output_path(output_path)  # before the translating, not after it
     translator = Translator.load(model_dir, device, quantize)
-    translator.settings(beam, decode)  # a bad setting stops here, before reading the input
+    settings = translator.settings(beam, decode)  # a bad setting stops here, before reading the input
 
-    def render(lines: list[str], first: int = 0) -> list[str]:
+    def render(lines: list[str], first: int = 0, progress: Optional[Callable[[int], None]] = None) -> list[str]:
+        show = len(lines) > 100
         if nbest == 1:
-            return translator.translate(lines, beam=beam, show_progress=len(lines) > 100, workers=workers, **decode)
-        found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=len(lines) > 100, workers=workers,
-                                           **decode)
+            return translator.translate(lines, beam=beam, show_progress=show, workers=workers, progress=progress, **decode)
+        found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=show, workers=workers,
+                                           progress=progress, **decode)
         return [f"{first + i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(found) for text, score in hyps]
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
@@ -297,13 +366,47 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
             stdout.flush()
             count += len(out)
         return count
-    out = render(_read_input(input_path, stdin))
-    if output_path is None:
-        stdout.writelines(line + "\n" for line in out)
-        stdout.flush()
+    lines = _read_input(input_path, stdin)
+    if output_path is None or len(lines) <= RESUME_CHUNK:
+        out = render(lines)
+        if output_path is None:
+            stdout.writelines(line + "\n" for line in out)
+            stdout.flush()
+        else:
+            write_lines_atomic(out, output_path)
+        return len(out)
+    # What the output is a translation of: a partial one of anything else is not continued.
+    job = {"input": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(), "lines": len(lines),
+           "checkpoint": _file_identity(checkpoint.inference_checkpoint(Path(model_dir))),
+           "decode": dataclasses.asdict(settings), "nbest": nbest, "quantize": quantize}
+    partial = _PartialOutput(output_path, job)
+    done = partial.resume()
+    if done:
+        log.info("continuing an interrupted translation into %s: %s of %s lines were done", output_path,
+                 f"{done:,}", f"{len(lines):,}")
     else:
-        write_lines_atomic(out, output_path)
-    return len(out)
+        log.info("%s lines go into %s in chunks of %s; if stopped, the same command continues from the last chunk",
+                 f"{len(lines):,}", output_path, f"{RESUME_CHUNK:,}")
+    sentences = [bool(line.strip()) for line in lines]  # what the progress counts
+    count = 0
+    try:
+        with tqdm(total=sum(sentences), initial=sum(sentences[:done]), desc="translate", unit="sent",
+                  mininterval=1.0) as bar:
+            while done < len(lines):
+                out = render(lines[done:done + RESUME_CHUNK], done, bar.update)
+                partial.append(out, min(done + RESUME_CHUNK, len(lines)))
+                done, count = min(done + RESUME_CHUNK, len(lines)), count + len(out)
+    except KeyboardInterrupt:
+        log.warning("stopped with %s of %s lines translated; the same command continues from there",
+                    f"{done:,}", f"{len(lines):,}")
+        raise
+    partial.finish()
+    return count
+
+
+def _file_identity(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
 def _ref_paths(ref_path: Path | Sequence[Path]) -> list[Path]:

@@ -165,5 +165,47 @@ def test_ctrl_c_leaves_no_partial_output(untrained_model: Path, tmp_path: Path) 
         assert len(output.read_text().splitlines()) == 30000
     else:
         assert process.returncode == 130 and "interrupted" in messages and "Traceback" not in messages
-        assert not output.exists()
-    assert sorted(p.name for p in tmp_path.iterdir() if p != output) == ["big.txt", "stderr.txt"]
+        assert not output.exists() and "the same command continues from there" in messages
+    # Besides the output, only the partial translation that the same command would continue.
+    left = {p.name for p in tmp_path.iterdir() if p != output} - {"big.txt", "stderr.txt"}
+    assert left <= {".out.txt.partial", ".out.txt.partial.json"}
+
+
+def test_an_interrupted_translation_continues_where_it_stopped(untrained_model: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Into a file, long input goes in chunks; after a stop the same call translates only what is left
+    and writes the same file as an uninterrupted run; other settings start over."""
+    from nmt import pipeline
+
+    monkeypatch.setattr(pipeline, "RESUME_CHUNK", 4)
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"ka lu {'mi ' * (i % 4)}no\n" if i != 5 else "\n" for i in range(10)))
+    whole = tmp_path / "whole.txt"
+    pipeline.translate_file(untrained_model, source, whole, beam=2, device="cpu")
+    real, sizes = pipeline.Translator.translate, []
+
+    def counted(self, lines, *args, **kwargs):
+        sizes.append(len(lines))
+        if stop_at == len(sizes):
+            raise KeyboardInterrupt
+        return real(self, lines, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.Translator, "translate", counted)
+    output, stop_at = tmp_path / "out.txt", 3
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.translate_file(untrained_model, source, output, beam=2, device="cpu")
+    assert not output.exists() and len((tmp_path / ".out.txt.partial").read_text().splitlines()) == 8
+    sizes.clear()
+    stop_at = 0
+    pipeline.translate_file(untrained_model, source, output, beam=2, device="cpu")
+    assert sizes == [2] and output.read_text() == whole.read_text()  # only the last chunk was left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt", "whole.txt"]
+    # A partial translation made with other settings is not continued.
+    sizes.clear()
+    stop_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.translate_file(untrained_model, source, output, beam=2, device="cpu")
+    sizes.clear()
+    stop_at = 0
+    pipeline.translate_file(untrained_model, source, output, beam=1, device="cpu")
+    assert sizes == [4, 4, 2]
