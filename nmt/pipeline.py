@@ -335,7 +335,8 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     `decode` overrides the model's decode settings ({"length_penalty": 0.6, ...}). `interactive`
     (stdin to stdout, for a person typing) translates each line as soon as it is read. Into a file,
     more than `RESUME_CHUNK` lines are translated chunk by chunk, and the same call after an
-    interruption continues from the last finished chunk (see `_PartialOutput`).
+    interruption continues from the last finished chunk (see `_PartialOutput`); to stdout, each
+    chunk is written as soon as it is done.
     """
     decode = decode or {}
     if interactive and (input_path is not None or output_path is not None):
@@ -367,13 +368,19 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
             count += len(out)
         return count
     lines = _read_input(input_path, stdin)
-    if output_path is None or len(lines) <= RESUME_CHUNK:
+    if output_path is None:  # chunk by chunk, so that what reads the output can start on it
+        count = 0
+        with tqdm(total=sum(bool(line.strip()) for line in lines), desc="translate", unit="sent", mininterval=1.0,
+                  disable=len(lines) <= 100) as bar:
+            for start in range(0, len(lines), RESUME_CHUNK):
+                out = render(lines[start:start + RESUME_CHUNK], start, bar.update)
+                stdout.writelines(line + "\n" for line in out)
+                stdout.flush()
+                count += len(out)
+        return count
+    if len(lines) <= RESUME_CHUNK:
         out = render(lines)
-        if output_path is None:
-            stdout.writelines(line + "\n" for line in out)
-            stdout.flush()
-        else:
-            write_lines_atomic(out, output_path)
+        write_lines_atomic(out, output_path)
         return len(out)
     # What the output is a translation of: a partial one of anything else is not continued.
     job = {"input": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(), "lines": len(lines),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import random
 import signal
@@ -209,3 +210,10 @@ def test_an_interrupted_translation_continues_where_it_stopped(untrained_model: 
     stop_at = 0
     pipeline.translate_file(untrained_model, source, output, beam=1, device="cpu")
     assert sizes == [4, 4, 2]
+    # To stdout the chunks are written as they are done, with the same text and line numbers.
+    stop_at, printed, nbest = 0, io.StringIO(), io.StringIO()
+    pipeline.translate_file(untrained_model, source, None, beam=2, device="cpu", stdout=printed)
+    assert printed.getvalue() == whole.read_text()
+    pipeline.translate_file(untrained_model, source, None, beam=2, nbest=2, device="cpu", stdout=nbest)
+    numbers = [int(line.split(" ||| ")[0]) for line in nbest.getvalue().splitlines()]
+    assert numbers == [i for i in range(10) for _ in range(1 if i == 5 else 2)]  # the empty line 5 has one
