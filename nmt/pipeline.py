@@ -384,7 +384,7 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
         return len(out)
     # What the output is a translation of: a partial one of anything else is not continued.
     job = {"input": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(), "lines": len(lines),
-           "checkpoint": _file_identity(checkpoint.inference_checkpoint(Path(model_dir))),
+           "checkpoint": _checkpoint_identity(checkpoint.inference_checkpoint(Path(model_dir))),
            "decode": dataclasses.asdict(settings), "nbest": nbest, "quantize": quantize}
     partial = _PartialOutput(output_path, job)
     done = partial.resume()
@@ -411,9 +411,13 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     return count
 
 
-def _file_identity(path: Path) -> list:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+def _checkpoint_identity(path: Path) -> str:
+    """The checkpoint's `sha256sums` (the SHA-256 of its weights, written when it was saved), else its path and times."""
+    try:
+        return (path / "sha256sums").read_text(encoding="utf-8")
+    except OSError:
+        stat = path.stat()
+        return f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def _ref_paths(ref_path: Path | Sequence[Path]) -> list[Path]:
