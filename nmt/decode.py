@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import multiprocessing
 import platform
@@ -189,9 +190,7 @@ def output_limits(src_lengths: torch.Tensor, config: DecodeConfig, max_positions
     return limits.clamp(min=1, max=max_positions)
 
 
-_malloc_tuned = False
-
-
+@functools.cache  # once per process
 def _keep_freed_blocks() -> None:
     """Have glibc's malloc serve blocks of up to 32 MB from its heap and keep up to 64 MB of freed heap.
 
@@ -202,10 +201,8 @@ def _keep_freed_blocks() -> None:
     program frees a large block, which happens in a long run sooner or later; this sets them at once.
     Once per process, on glibc only; the settings are the process's from then on.
     """
-    global _malloc_tuned
-    if _malloc_tuned or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return
-    _malloc_tuned = True
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
     libc = ctypes.CDLL(None)
     libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
