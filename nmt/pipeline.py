@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TextIO
+from typing import Callable, Iterator, Optional, Sequence, TextIO
 
 import torch
 import yaml
@@ -368,15 +368,21 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
             count += len(out)
         return count
     lines = _read_input(input_path, stdin)
+
+    def chunks(start: int) -> Iterator[tuple[int, list[str]]]:
+        """(input lines done, output lines) of each chunk from line `start` on, under one progress bar."""
+        sentences = [bool(line.strip()) for line in lines]  # what the progress counts
+        with tqdm(total=sum(sentences), initial=sum(sentences[:start]), desc="translate", unit="sent",
+                  mininterval=1.0, disable=len(lines) <= 100) as bar:
+            for first in range(start, len(lines), RESUME_CHUNK):
+                yield min(first + RESUME_CHUNK, len(lines)), render(lines[first:first + RESUME_CHUNK], first, bar.update)
+
     if output_path is None:  # chunk by chunk, so that what reads the output can start on it
         count = 0
-        with tqdm(total=sum(bool(line.strip()) for line in lines), desc="translate", unit="sent", mininterval=1.0,
-                  disable=len(lines) <= 100) as bar:
-            for start in range(0, len(lines), RESUME_CHUNK):
-                out = render(lines[start:start + RESUME_CHUNK], start, bar.update)
-                stdout.writelines(line + "\n" for line in out)
-                stdout.flush()
-                count += len(out)
+        for _, out in chunks(0):
+            stdout.writelines(line + "\n" for line in out)
+            stdout.flush()
+            count += len(out)
         return count
     if len(lines) <= RESUME_CHUNK:
         out = render(lines)
@@ -394,15 +400,11 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     else:
         log.info("%s lines go into %s in chunks of %s; if stopped, the same command continues from the last chunk",
                  f"{len(lines):,}", output_path, f"{RESUME_CHUNK:,}")
-    sentences = [bool(line.strip()) for line in lines]  # what the progress counts
     count = 0
     try:
-        with tqdm(total=sum(sentences), initial=sum(sentences[:done]), desc="translate", unit="sent",
-                  mininterval=1.0) as bar:
-            while done < len(lines):
-                out = render(lines[done:done + RESUME_CHUNK], done, bar.update)
-                partial.append(out, min(done + RESUME_CHUNK, len(lines)))
-                done, count = min(done + RESUME_CHUNK, len(lines)), count + len(out)
+        for end, out in chunks(done):
+            partial.append(out, end)
+            done, count = end, count + len(out)
     except KeyboardInterrupt:
         log.warning("stopped with %s of %s lines translated; the same command continues from there",
                     f"{done:,}", f"{len(lines):,}")
