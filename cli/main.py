@@ -161,8 +161,6 @@ def evaluate(
             raise NMTError("give --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE")
         if beam is not None and beam < 1:
             raise NMTError(f"--beam must be >= 1, got {beam}")
-        if bootstrap < 0:
-            raise NMTError(f"--bootstrap must be >= 0, got {bootstrap}")
         if hyp is not None:
             if set_:
                 raise NMTError("--set changes decoding, so it goes with --model DIR --src FILE, not --hyp")

@@ -34,7 +34,7 @@ def score(hyps: Sequence[str], *refs: Sequence[str], where: str = "hypotheses", 
     if not hyps:
         raise DataError(f"{where}: nothing to score (no lines)")
     if bootstrap < 0:
-        raise DataError(f"bootstrap resamples must be >= 0, got {bootstrap}")
+        raise DataError(f"--bootstrap must be >= 0, got {bootstrap}")
     references = [list(stream) for stream in refs]
     result: dict = {"sentences": len(hyps)}
     # bleu_lc (lowercased, 13a tokenization) is stated separately so scores line up with papers that report it.
