@@ -290,9 +290,9 @@ def tokenizer_train(
 ) -> None:
     """Train SentencePiece model(s) on a parallel corpus; point tokenizer.model at the result."""
     from nmt.config import load_config
-    from nmt.data import read_corpus
+    from nmt.data import open_corpus, sample_corpus
     from nmt.errors import NMTError
-    from nmt.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, prepare_tokenizer
+    from nmt.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, prepare_tokenizer_from_sample
 
     def job() -> list[str]:
         config = load_config(None, [f"tokenizer.joint={joint}", f"model.share_embeddings={joint}", f"tokenizer.type={model_type}",
@@ -300,8 +300,9 @@ def tokenizer_train(
         existing = [f for f in (JOINT_FILE, SRC_FILE, TGT_FILE) if (output / f).exists()]
         if existing:
             raise NMTError(f"{output / existing[0]} already exists; choose another --output or remove it")
-        src, tgt = read_corpus(corpus, src_lang, tgt_lang, split)
-        return [str(f) for f in prepare_tokenizer(config.tokenizer, output, src, tgt).files]
+        source = open_corpus(corpus, src_lang, tgt_lang, split)  # read as a stream, sampled: any size fits
+        sample = lambda: sample_corpus(source, config.tokenizer.input_sentence_size, 1, joint)  # noqa: E731
+        return [str(f) for f in prepare_tokenizer_from_sample(config.tokenizer, output, sample).files]
 
     for path in _run(job):
         typer.echo(path)

@@ -17,10 +17,18 @@ from nmt.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class TrainCorpus:
+    """One training corpus, and how many times it is seen per epoch relative to the others."""
+
+    path: str  # file prefix (PREFIX.src/.tgt), .tsv, .jsonl, saved dataset dir or hub:NAME
+    weight: float = 1.0  # 2: twice per epoch; 0.5: a different half each epoch
+
+
+@dataclass(frozen=True)
 class DataConfig:
     src_lang: str = "en"  # source language code: file suffix, column or translation key
     tgt_lang: str = "de"  # target language code
-    train: str = ""  # training corpus: file prefix (PREFIX.src/.tgt), .tsv, .jsonl, saved dataset dir or hub:NAME
+    train: tuple[TrainCorpus, ...] = ()  # training corpus (file prefix PREFIX.src/.tgt, .tsv, .jsonl, saved dataset dir or hub:NAME), or a list of them, each a path or {path: P, weight: W}
     valid: str = ""  # validation corpus in the same forms; empty disables validation
     train_split: str = "train"  # split name when the corpus is a dataset (on disk or hub)
     valid_split: str = "validation"  # split name of the validation corpus when it is a dataset
@@ -28,7 +36,8 @@ class DataConfig:
     max_tokens_per_side: int = 128  # drop training pairs whose either side is longer (subword tokens)
     max_length_ratio: float = 3.0  # drop pairs whose token-length ratio exceeds this
     dedup: bool = True  # drop exact duplicate pairs from the training corpus
-    cache_dir: str = ""  # tokenized-data cache; empty means $NMT_CACHE or ~/.cache/nmt
+    cache_dir: str = ""  # prepared-data cache; empty means $NMT_CACHE or ~/.cache/nmt
+    workers: int = 0  # processes that tokenize the training corpora; 0: one per CPU core
 
 
 @dataclass(frozen=True)
@@ -118,9 +127,41 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
+def _corpora(key: str, value: Any) -> tuple[TrainCorpus, ...]:
+    """Training corpora from a path, a list of paths and {path, weight} mappings, or their YAML text."""
+    if isinstance(value, str):
+        if not value.strip().startswith("["):
+            return (TrainCorpus(value),) if value.strip() else ()
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: not a valid YAML list: {value!r}") from None
+    if isinstance(value, (dict, TrainCorpus)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a corpus path or a list of corpora, got {value!r}")
+    corpora = []
+    for item in value:
+        if isinstance(item, TrainCorpus):
+            corpora.append(item)
+            continue
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict) or "path" not in item:
+            raise ConfigError(f"{key}: each corpus is a path or {{path: P, weight: W}}, got {item!r}")
+        for name in item:
+            if name not in ("path", "weight"):
+                raise _unknown_key(f"{key}.{name}", ["path", "weight"])
+        corpora.append(TrainCorpus(_convert(f"{key}.path", item["path"], str),
+                                   _convert(f"{key}.weight", item.get("weight", 1.0), float)))
+    return tuple(corpora)
+
+
 def _convert(key: str, value: Any, annotation: Any) -> Any:
     """Convert `value` (from YAML or a `--set` string) to the field's type, or raise ConfigError."""
     origin = typing.get_origin(annotation)
+    if origin is tuple and typing.get_args(annotation) == (TrainCorpus, ...):
+        return _corpora(key, value)
     if origin is tuple:
         if isinstance(value, str):
             value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
@@ -269,6 +310,10 @@ def validate(config: Config) -> None:
         (d.max_len_a >= 0 and d.max_len_b >= 1, "decode.max_len_a must be >= 0 and decode.max_len_b >= 1"),
         (d.max_tokens > 0, f"decode.max_tokens must be > 0, got {d.max_tokens}"),
         (config.data.max_tokens_per_side >= 1, "data.max_tokens_per_side must be >= 1"),
+        (config.data.workers >= 0, f"data.workers must be >= 0, got {config.data.workers}"),
+        (all(c.path.strip() for c in config.data.train), "data.train: a corpus path is empty"),
+        (all(c.weight > 0 for c in config.data.train),
+         f"data.train: weights must be > 0, got {[c.weight for c in config.data.train]}"),
         (config.data.max_tokens_per_side + 2 <= m.max_positions,
          f"data.max_tokens_per_side ({config.data.max_tokens_per_side}) + 2 must fit model.max_positions ({m.max_positions})"),
     ]
@@ -281,7 +326,11 @@ def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     """The config as plain nested data (tuples as lists) for YAML and checkpoints."""
     def plain(value: Any) -> Any:
         return list(value) if isinstance(value, tuple) else value
-    return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, s)).items()} for s in _section_types()}
+    values = {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, s)).items()} for s in _section_types()}
+    corpora = values["data"]["train"]  # one corpus of weight 1 is written as its path, as configs have it
+    if not corpora or (len(corpora) == 1 and corpora[0]["weight"] == 1.0):
+        values["data"]["train"] = corpora[0]["path"] if corpora else ""
+    return values
 
 
 def _key_notes(section: type) -> dict[str, str]:

@@ -6,10 +6,14 @@ With one process (no torchrun) every helper is a cheap no-op, so single-device c
 from __future__ import annotations
 
 import os
-from typing import Any
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+
+from nmt.errors import NMTError
 
 
 def active() -> bool:
@@ -73,3 +77,29 @@ def gather(value: Any) -> list[Any]:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+@contextmanager
+def main_first(name: str) -> Iterator[None]:
+    """Rank 0 runs the block first; the other ranks run it once rank 0 is through, however long that takes.
+
+    Preparing a large corpus can outlast a collective's timeout (10-30 minutes), so the other ranks wait
+    on the process group's key-value store instead of in a barrier. If rank 0 fails, they stop too.
+    """
+    if not active():
+        yield
+        return
+    store = dist.distributed_c10d._get_default_store()
+    key = f"nmt/{name}"
+    if rank() != 0:
+        store.wait([key], timedelta(days=7))
+        if store.get(key) != b"ok":
+            raise NMTError(f"rank 0 failed while preparing the {name}; its message says why")
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        store.set(key, "failed")
+        raise
+    store.set(key, "ok")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -18,12 +19,12 @@ from tqdm import tqdm
 
 from nmt import checkpoint, distributed
 from nmt.config import Config, DecodeConfig, from_dict, merge, save_config, to_dict, validate
-from nmt.data import TokenizedCorpus, check_output_path, read_corpus, read_lines, require_pairs, tokenize_corpus
+from nmt.data import Preparation, TrainingData, cache_root, check_output_path, read_corpus, read_lines
 from nmt.decode import translate_ids
 from nmt.errors import CheckpointError, ConfigError, NMTError
 from nmt.evaluate import bleu, score
 from nmt.model import Transformer, count_parameters
-from nmt.tokenizer import Tokenizer, load_tokenizer, prepare_tokenizer
+from nmt.tokenizer import Tokenizer, load_tokenizer, prepare_tokenizer_from_sample
 from nmt.train import Trainer, ValidSet
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ CONFIG_FILE = "config.yaml"
 # Keys a resumed run may change: bounds, bookkeeping, where it runs, how it decodes. Any other
 # difference from the stored config means another experiment, which belongs in another run dir.
 SAFE_ON_RESUME = {
-    "data": {"valid", "valid_split", "cache_dir"},
+    "data": {"valid", "valid_split", "cache_dir", "workers"},
     "train": {"max_steps", "max_epochs", "max_minutes", "valid_every", "valid_bleu_sentences", "patience",
               "save_every", "keep_last", "log_every", "device", "precision", "threads", "compile", "loader_workers",
               "max_nonfinite"},
@@ -107,19 +108,25 @@ def _translate_texts(model: Transformer, tokenizer: Tokenizer, lines: Sequence[s
                                                       progress)]
 
 
-def _prepare_data(config: Config, run_dir: Path, resuming: bool) -> tuple[Tokenizer, TokenizedCorpus, list[str], list[str]]:
-    """Read the corpora, prepare the tokenizer and the tokenized training data; returns the validation texts too."""
-    d = config.data
-    src, tgt = read_corpus(d.train, d.src_lang, d.tgt_lang, d.train_split, d.hub_config)
-    valid_src, valid_tgt = (read_corpus(d.valid, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)
-                            if d.valid else ([], []))
-    require_pairs(src, tgt, d.train)
-    # Under torchrun, rank 0 trains the tokenizer and fills the cache; the other ranks then load both.
-    tokenizer = prepare_tokenizer(config.tokenizer, run_dir, [s.strip() for s in src], [t.strip() for t in tgt],
-                                  config.train.seed, reuse=resuming or not distributed.is_main())
-    corpus = tokenize_corpus(src, tgt, tokenizer, d, d.train)
-    log.info("training corpus %s: %s", d.train, corpus.stats.summary())
-    return tokenizer, corpus, valid_src, valid_tgt
+def _prepare_data(config: Config, run_dir: Path, resuming: bool) -> tuple[Tokenizer, TrainingData, list[str], list[str]]:
+    """The tokenizer and the training corpora as token stores (streamed and cached: see nmt.data.prepare);
+    returns the validation texts too. A new run trains the tokenizer on a sample of the corpora, unless
+    one was trained on the same corpora with the same settings before; a resumed run keeps its own."""
+    d, t = config.data, config.tokenizer
+    with Preparation(d, d.workers, quiet=not distributed.is_main()) as preparation:
+        valid_src, valid_tgt = (read_corpus(d.valid, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)
+                                if d.valid else ([], []))
+        if resuming or not distributed.is_main():
+            tokenizer = load_tokenizer(run_dir)
+        else:
+            settings = json.dumps([preparation.key, to_dict(config)["tokenizer"], config.train.seed,
+                                   importlib.metadata.version("sentencepiece")])
+            cache = cache_root(d) / "tokenizers" / hashlib.sha256(settings.encode()).hexdigest()[:24]
+            tokenizer = prepare_tokenizer_from_sample(
+                t, run_dir, lambda: preparation.sample(t.input_sentence_size, config.train.seed, t.joint),
+                config.train.seed, cache)
+        data = preparation.finish(tokenizer)
+    return tokenizer, data, valid_src, valid_tgt
 
 
 def train(config: Config, run_dir: Path) -> dict:
@@ -140,14 +147,14 @@ def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
         _check_resume_config(run_dir, config)
-    if not distributed.is_main():
-        distributed.barrier()
-    else:
-        checkpoint.forget_average(run_dir)
-    tokenizer, corpus, valid_src, valid_tgt = _prepare_data(config, run_dir, latest is not None)
+    # Under torchrun, rank 0 trains the tokenizer and prepares the corpora; the other ranks wait for it (as
+    # long as that takes), then load the tokenizer and map the same cached token stores.
     if distributed.is_main():
-        save_config(config, run_dir / CONFIG_FILE)
-        distributed.barrier()
+        checkpoint.forget_average(run_dir)
+    with distributed.main_first("data"):
+        tokenizer, corpus, valid_src, valid_tgt = _prepare_data(config, run_dir, latest is not None)
+        if distributed.is_main():
+            save_config(config, run_dir / CONFIG_FILE)
     torch.manual_seed(config.train.seed)
     model = build_model(config, tokenizer)
     log.info("model: %s parameters", f"{count_parameters(model):,}")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
+import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import sentencepiece as spm
+from tqdm import tqdm
 
 from nmt.config import TokenizerConfig
 from nmt.errors import CheckpointError, DataError
@@ -37,20 +41,21 @@ def train_sentencepiece(sentences: Sequence[str], output: Path, config: Tokenize
     started = time.monotonic()
     buffer = io.BytesIO()
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
-            model_writer=buffer,
-            model_type=config.type,
-            vocab_size=config.vocab_size,
-            character_coverage=config.character_coverage,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            hard_vocab_limit=False,  # small corpora may not support the requested size
-            minloglevel=2,
-            # The trained model depends on the thread count (Multi30k en+de, 8,000 pieces: three
-            # different models from 1, 2 and 4 threads), so it is fixed, not the machine's core count:
-            # the same data and config give the same tokenizer everywhere. 2 threads: 2.4 s there.
-            num_threads=2,
-        )
+        with _Elapsed(f"training tokenizer on {len(sentences):,} sentences", quiet=len(sentences) < 100_000):
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=buffer,
+                model_type=config.type,
+                vocab_size=config.vocab_size,
+                character_coverage=config.character_coverage,
+                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                hard_vocab_limit=False,  # small corpora may not support the requested size
+                minloglevel=2,
+                # The trained model depends on the thread count (Multi30k en+de, 8,000 pieces: three
+                # different models from 1, 2 and 4 threads), so it is fixed, not the machine's core count:
+                # the same data and config give the same tokenizer everywhere. 2 threads: 2.4 s there.
+                num_threads=2,
+            )
     except RuntimeError as exc:
         raise DataError(f"tokenizer training for {output.name} failed: {exc}") from None
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,31 @@ def train_sentencepiece(sentences: Sequence[str], output: Path, config: Tokenize
     tmp.replace(output)
     log.info("trained %s in %.0f s", output.name, time.monotonic() - started)
     return output
+
+
+class _Elapsed:
+    """A progress line for work that reports no progress of its own (SentencePiece training): the time so far,
+    from a thread, since the training releases the GIL."""
+
+    def __init__(self, desc: str, quiet: bool) -> None:
+        self.bar = tqdm(desc=desc, bar_format="{desc}: {elapsed} elapsed", disable=quiet)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _tick(self) -> None:
+        while not self.stop.wait(1.0):
+            self.bar.refresh()
+
+    def __enter__(self) -> "_Elapsed":
+        if not self.bar.disable:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        self.bar.close()
 
 
 def _load_processor(path: Path) -> spm.SentencePieceProcessor:
@@ -94,11 +124,12 @@ class Tokenizer:
     def tgt_vocab_size(self) -> int:
         return self.tgt.get_piece_size()
 
-    def encode_src(self, lines: Iterable[str]) -> list[list[int]]:
-        return self.src.encode(list(lines))
+    def encode_src(self, lines: Iterable[str], threads: int = -1) -> list[list[int]]:
+        """Token ids of each line; `threads` encode in parallel (-1: SentencePiece's default, all cores)."""
+        return self.src.encode(list(lines), num_threads=threads)
 
-    def encode_tgt(self, lines: Iterable[str]) -> list[list[int]]:
-        return self.tgt.encode(list(lines))
+    def encode_tgt(self, lines: Iterable[str], threads: int = -1) -> list[list[int]]:
+        return self.tgt.encode(list(lines), num_threads=threads)
 
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return self.tgt.decode([list(x) for x in ids])
@@ -153,3 +184,33 @@ def _copy_model(source: Path, target: Path) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(source.read_bytes())
     tmp.replace(target)
+
+
+def prepare_tokenizer_from_sample(config: TokenizerConfig, directory: Path,
+                                  sample: Callable[[], tuple[Sequence[str], Sequence[str]]], seed: int = 1,
+                                  cache: Optional[Path] = None) -> Tokenizer:
+    """`prepare_tokenizer` for corpora too large to hold: `sample()` gives (source, target) sentences, and is
+    called only when a model has to be trained. A model trained from scratch is also kept in `cache` (a
+    directory named for the corpus and these settings), where the next run on the same corpus finds it.
+    """
+    trains_all = not (config.model if config.joint else (config.src_model or config.tgt_model))
+    names = (JOINT_FILE,) if config.joint else (SRC_FILE, TGT_FILE)
+    if trains_all and cache is not None and all((cache / name).is_file() for name in names):
+        log.info("tokenizer trained on this corpus before, from %s", cache)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            _copy_model(cache / name, directory / name)
+        return load_tokenizer(directory)
+    needs_sample = trains_all or (not config.joint and not (config.src_model and config.tgt_model))
+    src, tgt = sample() if needs_sample else ([], [])
+    tokenizer = prepare_tokenizer(config, directory, src, tgt, seed)
+    if trains_all and cache is not None:
+        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            for file in tokenizer.files:
+                shutil.copyfile(file, tmp / file.name)
+            os.rename(tmp, cache)
+        except OSError:  # only a shortcut for later runs; another run may have stored the same model
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer

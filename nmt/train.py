@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Optional
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from nmt import checkpoint, distributed
 from nmt.config import TrainConfig
-from nmt.data import TokenizedCorpus, collate, make_batches
+from nmt.data import EpochBatches, TrainingData, collate, make_batches
 from nmt.errors import TrainingError
 from nmt.model import Transformer
 from nmt.tokenizer import PAD_ID
@@ -197,17 +198,18 @@ class _Groups(Dataset):
     training loop finds its inputs ready for non-blocking copies to the GPU.
     """
 
-    def __init__(self, corpus: TokenizedCorpus, start_id: int) -> None:
+    def __init__(self, corpus: TrainingData, start_id: int) -> None:
         self.corpus, self.start_id = corpus, start_id
 
-    def __getitem__(self, item: tuple[list[list[int]], tuple[int, int]]) -> dict:
+    def __getitem__(self, item: tuple[list[np.ndarray], tuple[int, int]]) -> dict:
         group, position = item
         return {"group": group, "position": position, **collate_group(self.corpus, group, self.start_id)}
 
 
-def collate_group(corpus: TokenizedCorpus, group: list[list[int]], start_id: int) -> dict:
-    """Inputs of each batch of `group`, and its target and total non-padding token counts (float64 (2,))."""
-    inputs = [collate([corpus.src[i] for i in b], [corpus.tgt[i] for i in b], start_id) for b in group]
+def collate_group(corpus: TrainingData, group: list[np.ndarray], start_id: int) -> dict:
+    """Inputs of each batch (rows of `corpus`) of `group`, and its target and total non-padding token counts
+    (float64 (2,))."""
+    inputs = [corpus.collate(rows, start_id) for rows in group]
     n_target = sum(x["targets"].numel() for x in inputs)
     n_tokens = n_target + sum(int((x["src"] != PAD_ID).sum()) for x in inputs)
     return {"inputs": inputs, "counts": torch.tensor([n_target, n_tokens], dtype=torch.float64)}
@@ -222,7 +224,7 @@ class ValidSet:
 class Trainer:
     """Runs updates until a bound is hit; validates, logs to metrics.jsonl and checkpoints on the way."""
 
-    def __init__(self, model: Transformer, config: TrainConfig, run_dir: Path, corpus: TokenizedCorpus,
+    def __init__(self, model: Transformer, config: TrainConfig, run_dir: Path, corpus: TrainingData,
                  valid: Optional[ValidSet] = None, bleu: Optional[Callable[[Transformer], float]] = None,
                  device: torch.device = torch.device("cpu")) -> None:
         self.model, self.config, self.run_dir = model.to(device), config, run_dir
@@ -241,8 +243,6 @@ class Trainer:
         self.progress = Progress()
         # The moving average of the weights lives in a second model, so it saves and loads like one.
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if config.ema_decay else None
-        self.src_lengths = [len(s) for s in corpus.src]
-        self.tgt_lengths = [len(t) for t in corpus.tgt]
         self.metrics = run_dir / "metrics.jsonl"
 
     # -- state -------------------------------------------------------------------------------
@@ -294,11 +294,11 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # -- the loop ----------------------------------------------------------------------------
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+    def _epoch_batches(self, epoch: int) -> EpochBatches:
         budget = int(self.config.max_tokens * self.progress.budget_scale)
-        return make_batches(self.src_lengths, self.tgt_lengths, budget, self.config.seed, epoch)
+        return self.corpus.epoch(budget, self.config.seed, epoch)
 
-    def _groups(self) -> Iterator[tuple[list[list[int]], tuple[int, int]]]:
+    def _groups(self) -> Iterator[tuple[list[np.ndarray], tuple[int, int]]]:
         """From the current position on: this rank's share of each next `accum_steps * world` batches,
         with the position (epoch, batch index) after them. Epochs run into each other."""
         epoch, index = self.progress.epoch, self.progress.batch_index
@@ -326,7 +326,7 @@ class Trainer:
                             generator=torch.Generator())  # its own seed draw leaves the dropout stream alone
         return iter(loader)
 
-    def _update(self, group: list[list[int]], collated: Optional[dict] = None) -> Optional[Update]:
+    def _update(self, group: list[np.ndarray], collated: Optional[dict] = None) -> Optional[Update]:
         """One optimizer update over the batches of `group` (`collated`: their inputs, if made already).
 
         Nothing here waits for the device: a non-finite loss or gradient makes the fused optimizer
@@ -386,13 +386,13 @@ class Trainer:
         hidden = net(x["src"], x["tgt_in"], x["targets"], project=False)  # (targets, D): padding skipped
         return label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]], smoothing)
 
-    def _after_out_of_memory(self, group: list[list[int]]) -> Optional[tuple[float, float, int, int]]:
+    def _after_out_of_memory(self, group: list[np.ndarray]) -> Optional[Update]:
         """Retry the update with every batch split in two, and lower the budget of later epochs."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.progress.budget_scale *= 0.8
-        halves = [half for b in group for half in (b[: len(b) // 2], b[len(b) // 2:]) if half]
+        halves = [half for b in group for half in (b[: len(b) // 2], b[len(b) // 2:]) if len(half)]
         event = {"step": self.progress.step, "event": "out_of_memory", "batch_sentences": [len(b) for b in group],
                  "budget_scale": self.progress.budget_scale}
         if len(halves) == len(group):  # single sentences: nothing left to split

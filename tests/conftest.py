@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -27,9 +28,13 @@ def toy_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 
 def write_pair(prefix: Path, src: list[str], tgt: list[str], src_lang: str = "xx", tgt_lang: str = "yy") -> Path:
+    """PREFIX.SRC_LANG and PREFIX.TGT_LANG, each written whole and renamed into place (processes of a
+    distributed test may write the same files at once)."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{prefix}.{src_lang}").write_text("".join(s + "\n" for s in src), encoding="utf-8")
-    Path(f"{prefix}.{tgt_lang}").write_text("".join(t + "\n" for t in tgt), encoding="utf-8")
+    for lang, lines in ((src_lang, src), (tgt_lang, tgt)):
+        tmp = Path(f"{prefix}.{lang}.tmp{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        os.replace(tmp, f"{prefix}.{lang}")
     return prefix
 
 

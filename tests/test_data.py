@@ -1,4 +1,4 @@
-"""Corpus readers, cleaning, the tokenized-data cache and token-budget batching."""
+"""Corpus readers (whole and chunked), config of several corpora, cleaning helpers and token-budget batching."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ import random
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 
 from conftest import toy_pairs, write_pair
 from nmt.config import load_config
-from nmt.data import CleanStats, clean_text_pairs, collate, make_batches, read_corpus, read_lines, tokenize_corpus
+from nmt.config import TrainCorpus, to_dict
+from nmt.data import LineBlocks, SentenceSample, collate, make_batches, read_corpus, read_lines
+from nmt.data import reading
+from nmt.data.batching import weighted_rows
+from nmt.data.cleaning import first_occurrences, pair_hashes
+from nmt.errors import ConfigError
 from nmt.errors import DataError
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, prepare_tokenizer
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def test_read_lines_handles_bom_crlf_and_gzip(tmp_path: Path) -> None:
@@ -74,32 +80,92 @@ def test_saved_dataset(tmp_path: Path) -> None:
         read_corpus(str(tmp_path / "ds"), "en", "fr", "train")
 
 
-def test_cleaning_counts() -> None:
-    stats = CleanStats()
-    src, tgt = clean_text_pairs([" a ", "", "b", "a", "c"], ["A", "X", " ", "A", "C"], dedup=True, stats=stats)
-    assert (src, tgt) == (["a", "c"], ["A", "C"])
-    assert (stats.empty, stats.duplicate) == (2, 1)
+def test_invalid_utf8_deep_in_a_file_names_the_line(tmp_path: Path) -> None:
+    """Read in small blocks, as a large file is, the line number is still right."""
+    path = tmp_path / "big.de.gz"
+    path.write_bytes(gzip.compress(b"".join(f"line {i}\n".encode() for i in range(5000)) + b"bad \xc3\x28\n"))
+    with pytest.raises(DataError, match=r"big.de.gz:5001: invalid UTF-8"):
+        for _ in LineBlocks(path, block_bytes=97):
+            pass
 
 
-def test_tokenize_filters_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = load_config(None, ["tokenizer.vocab_size=60", "data.max_tokens_per_side=12", "data.max_length_ratio=2.5"])
-    src, tgt = toy_pairs(200)
-    src += ["ka " * 30, "ka"]  # far too long; length ratio far too high
-    tgt += ["Haus " * 30, "Haus Haus Haus Haus Haus Haus Haus Haus"]
-    tokenizer = prepare_tokenizer(config.tokenizer, tmp_path, src, tgt)
-    first = tokenize_corpus(src, tgt, tokenizer, config.data, "toy")
-    assert first.stats.too_long >= 1 and first.stats.bad_ratio >= 1
-    assert first.stats.kept == len(first.src) < 202
-    monkeypatch.setattr(type(tokenizer), "encode_src", lambda *a: pytest.fail("re-tokenized despite the cache"))
-    second = tokenize_corpus(src, tgt, tokenizer, config.data, "toy")
-    assert second.src == first.src and second.tgt == first.tgt and second.stats == first.stats
+@pytest.mark.parametrize("block_bytes", [1, 2, 5, 64, 1 << 22])
+def test_blocks_of_any_size_give_the_same_lines(tmp_path: Path, block_bytes: int) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes("\ufeffeins\r\nzwei\n\nü\u2028ß\r\n\n".encode("utf-8"))
+    assert [line for block in LineBlocks(path, block_bytes) for line in block] == ["eins", "zwei", "", "ü\u2028ß", ""]
 
 
-def test_empty_after_cleaning(tmp_path: Path) -> None:
-    config = load_config(None, ["tokenizer.vocab_size=30"])
-    tokenizer = prepare_tokenizer(config.tokenizer, tmp_path, ["a b c d"], ["e f g h"])
-    with pytest.raises(DataError, match="no training pairs left after cleaning"):
-        tokenize_corpus(["", "x"], ["y", " "], tokenizer, config.data, "empty.tsv")
+def test_chunks_do_not_change_what_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, tgt = toy_pairs(50)
+    prefix = write_pair(tmp_path / "train", src, tgt, "en", "de")
+    (tmp_path / "c.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(src, tgt)))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in zip(src, tgt)))
+    monkeypatch.setattr(reading, "CHUNK_PAIRS", 7)
+    monkeypatch.setattr(reading, "BLOCK_BYTES", 33)
+    for spec in (str(prefix), str(tmp_path / "c.tsv"), str(tmp_path / "c.jsonl")):
+        chunks = list(reading.open_corpus(spec, "en", "de").chunks())
+        assert max(len(s) for s, _ in chunks) == 7
+        assert read_corpus(spec, "en", "de") == (src, tgt)
+    # A line-count mismatch found only at the end of a long pair of files is still reported with both counts.
+    (tmp_path / "train.de").write_text("".join(t + "\n" for t in tgt[:-1]))
+    with pytest.raises(DataError, match="train.en has 50 lines but .*train.de has 49"):
+        read_corpus(str(prefix), "en", "de")
+
+
+def test_several_corpora_with_weights_in_the_config(tmp_path: Path) -> None:
+    config = load_config(None, ["data.train=[{path: web, weight: 0.5}, clean, {path: 'hub:x/y', weight: 3}]"])
+    assert config.data.train == (TrainCorpus("web", 0.5), TrainCorpus("clean"), TrainCorpus("hub:x/y", 3.0))
+    assert load_config(None, ["data.train=data/train"]).data.train == (TrainCorpus("data/train"),)
+    assert to_dict(load_config(None, ["data.train=data/train"]))["data"]["train"] == "data/train"  # as configs have it
+    round_trip = to_dict(config)["data"]["train"]
+    assert load_config(None, [f"data.train={json.dumps(round_trip)}"]).data.train == config.data.train
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("data:\n  train:\n    - path: a\n      weight: 2\n    - b\n")
+    assert load_config(yaml_file).data.train == (TrainCorpus("a", 2.0), TrainCorpus("b"))
+    for bad, message in (("[{path: a, weight: 0}]", "weights must be > 0"), ("[{path: a, wieght: 2}]", "did you mean 'weight'"),
+                         ("[{weight: 2}]", "each corpus is a path"), ("[{path: a, weight: lots}]", "expected float")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"data.train={bad}"])
+
+
+def test_duplicates_found_by_their_hash() -> None:
+    src = ["a", "b", "a", "a", "c", "b"]
+    tgt = ["A", "B", "A", "X", "C", "B"]
+    assert first_occurrences(pair_hashes(src, tgt)).tolist() == [True, True, False, True, True, False]
+    assert pair_hashes(["a\tb"], ["c"])[0] != pair_hashes(["a"], ["b\tc"])[0]  # no ambiguity of a separator
+
+
+def test_sentence_sample_is_uniform_bounded_and_in_order() -> None:
+    small = SentenceSample(100, seed=1)
+    small.add(["a", "", "b"], 0)
+    small.add(["x", "y", ""], 1)
+    assert small.sentences() == (["a", "b"], ["x", "y"])  # all of a small stream, in order, empty ones left out
+    counts = np.zeros(1000)
+    for seed in range(200):
+        sample = SentenceSample(100, seed)
+        for start in range(0, 1000, 37):  # in uneven chunks
+            sample.add([str(i) for i in range(start, min(start + 37, 1000))], 0)
+        src, tgt = sample.sentences()
+        assert len(src) == 100 and not tgt and src == sorted(src, key=int)
+        counts[[int(x) for x in src]] += 1
+    # Each sentence is kept with probability 0.1: 20 of 200 samples, give or take the binomial spread.
+    assert counts.mean() == 20 and counts.min() >= 5 and counts.max() <= 38
+    assert counts[:500].sum() == pytest.approx(counts[500:].sum(), rel=0.05)
+    again = SentenceSample(100, 7)
+    again.add([str(i) for i in range(1000)], 0)
+    once = SentenceSample(100, 7)
+    for start in range(0, 1000, 10):
+        once.add([str(i) for i in range(start, start + 10)], 0)
+    assert again.sentences() == once.sentences()  # chunking does not change the sample
+
+
+def test_weighted_rows() -> None:
+    counts = np.bincount(weighted_rows([10, 4, 6], [1.0, 2.0, 0.5], np.random.default_rng(0)), minlength=20)
+    assert counts[:10].tolist() == [1] * 10 and counts[10:14].tolist() == [2] * 4
+    assert (counts[14:] <= 1).all() and counts[14:].sum() == 3  # half of the third corpus
+    halves = {tuple(np.sort(weighted_rows([10], [0.5], np.random.default_rng(seed)))) for seed in range(10)}
+    assert len(halves) > 1  # a different half each epoch
 
 
 def test_batches_respect_budget_and_cover_everything() -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import toy_pairs
+from conftest import toy_pairs, write_pair
 from nmt import checkpoint
 from nmt.config import load_config
-from nmt.data import collate, tokenize_corpus
+from nmt.data import prepare_corpora
 from nmt.errors import CheckpointError
 from nmt.model import Transformer
 from nmt.tokenizer import PAD_ID, prepare_tokenizer
@@ -65,12 +66,14 @@ def test_inverse_sqrt_schedule() -> None:
 
 
 def make_trainer(run_dir: Path, *overrides: str, device: str = "cpu") -> Trainer:
+    src, tgt = toy_pairs(120)
+    prefix = write_pair(run_dir.parent / f"{run_dir.name}-corpus" / "train", src, tgt, "en", "de")
     config = load_config(None, ["model.preset=tiny", "tokenizer.vocab_size=48", "train.max_tokens=400",
                                 "train.log_every=2", "train.save_every=3", "train.valid_every=1000",
-                                "train.warmup_steps=5", "train.lr=2e-3", "model.dropout=0.1", *overrides])
-    src, tgt = toy_pairs(120)
+                                "train.warmup_steps=5", "train.lr=2e-3", "model.dropout=0.1", f"data.train={prefix}",
+                                *overrides])
     tokenizer = prepare_tokenizer(config.tokenizer, run_dir, src, tgt, reuse=(run_dir / "spm.model").exists())
-    corpus = tokenize_corpus(src, tgt, tokenizer, config.data, "toy")
+    corpus = prepare_corpora(config.data, tokenizer)
     torch.manual_seed(config.train.seed)
     model = Transformer(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     return Trainer(model, config.train, run_dir, corpus, device=torch.device(device))
@@ -78,8 +81,8 @@ def make_trainer(run_dir: Path, *overrides: str, device: str = "cpu") -> Trainer
 
 def test_loss_falls_on_one_batch(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "model.dropout=0.0")
-    batch = list(range(16))
-    x = collate([trainer.corpus.src[i] for i in batch], [trainer.corpus.tgt[i] for i in batch], trainer.model.start_id)
+    batch = np.arange(16)
+    x = trainer.corpus.collate(batch, trainer.model.start_id)
     def nll() -> float:
         with torch.no_grad():
             hidden = trainer.model(x["src"], x["tgt_in"], x["targets"], project=False)
