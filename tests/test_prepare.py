@@ -8,6 +8,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 
@@ -205,3 +206,24 @@ def test_empty_after_cleaning(tmp_path: Path) -> None:
     config, tokenizer, _ = _setup(tmp_path, ["", "x"], ["y", " "])
     with pytest.raises(DataError, match="no training pairs left after cleaning"):
         prepare_corpora(config.data, tokenizer)
+
+
+def test_saved_and_hub_datasets_are_read_as_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, tgt = toy_pairs(150)
+    rows = [{"translation": {"en": s, "de": t}} for s, t in zip(src, tgt)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "saved"))
+
+    def load_streaming(name: str, config=None, split: str = "", streaming: bool = False):
+        assert (name, split, streaming) == ("someone/corpus", "train", True)
+        return datasets.IterableDataset.from_generator(lambda: iter(rows))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_streaming)
+    monkeypatch.setattr(reading, "_hub_revision", lambda name: "0123abc")
+    monkeypatch.setattr(reading, "CHUNK_PAIRS", 40)
+    tokenizer = prepare_tokenizer(load_config(None, ["tokenizer.vocab_size=60"]).tokenizer, tmp_path / "spm", src, tgt)
+    found = []
+    for spec in (str(tmp_path / "saved"), "hub:someone/corpus"):
+        config = load_config(None, [f"data.train={spec}"])
+        found.append(_pairs(prepare_corpora(config.data, tokenizer)))
+    unique = list(dict.fromkeys(zip(src, tgt)))
+    assert found[0] == found[1] == [(tokenizer.encode_src([s])[0], tokenizer.encode_tgt([t])[0]) for s, t in unique]
