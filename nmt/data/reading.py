@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
 from nmt.errors import DataError
+
+log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 1 << 22  # bytes read from a file at a time
 CHUNK_PAIRS = 20_000  # pairs handed on at a time
@@ -370,6 +373,9 @@ class HashMemo:
         known = self.entries.get(key)
         if known is not None and known[:3] == identity:
             return known[3]
+        if stat.st_size > 1 << 30:
+            log.info("hashing %s (%.1f GB) to find its prepared copy; done once while the file stays unchanged",
+                     path, stat.st_size / 1e9)
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             while block := f.read(BLOCK_BYTES):
