@@ -124,7 +124,7 @@ PHASES = {
 def train_run(run_dir: Path, corpus: str, cache: Path, steps: int, extra: list[str]) -> dict:
     """Run `nmt train` until `steps`; time to the first update, memory, and the preparation log's figures."""
     sets = [f"data.train={corpus}", "data.valid=", f"data.cache_dir={cache}", f"train.max_steps={steps}",
-            "train.log_every=1", "train.save_every=25", "train.max_minutes=0", *extra]
+            "train.log_every=1", f"train.save_every={steps}", "train.max_minutes=0", *extra]
     command = [sys.executable, "-m", "nmt_cli.main", "train", "--config", str(ROOT / "recipes" / "multi30k-cpu.yaml"),
                "--run-dir", str(run_dir), *[x for s in sets for x in ("--set", s)]]
     before = {r.get("step") for r in _metrics(run_dir)}
@@ -198,16 +198,16 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def measure(corpus: str, work: Path, name: str, cold_route: bool) -> dict:
+def measure(corpus: str, work: Path, name: str, cold_route: bool, steps: int) -> dict:
     cache = work / f"cache-{name}"
     shutil.rmtree(cache, ignore_errors=True)
     for run in ("cold", "warm"):
         shutil.rmtree(work / "runs" / f"{name}-{run}", ignore_errors=True)
-    cold = train_run(work / "runs" / f"{name}-cold", corpus, cache, 50, [])
+    cold = train_run(work / "runs" / f"{name}-cold", corpus, cache, steps, [])
     result = {"cold": cold, "cache_mib": round(du(cache / "prepared") / 2**20)}
     warm_dir = work / "runs" / f"{name}-warm"
-    result["warm"] = train_run(warm_dir, corpus, cache, 50, [])
-    result["resume"] = train_run(warm_dir, corpus, cache, 75, [])  # from the checkpoint at step 50, mid-epoch
+    result["warm"] = train_run(warm_dir, corpus, cache, steps, [])
+    result["resume"] = train_run(warm_dir, corpus, cache, steps + 5, [])  # from the last checkpoint, mid-epoch
     if cold_route:
         result["datasets_route"] = datasets_route(Path(corpus), work / "runs" / f"{name}-cold" / "spm.model",
                                                   work / f"hf-cache-{name}")
@@ -223,14 +223,15 @@ def main() -> None:
     parser.add_argument("--multi30k", type=Path, required=True, help="Directory with Multi30k's train.{en,de}.gz")
     parser.add_argument("--work", type=Path, required=True, help="Scratch directory (corpora, caches, runs)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000], help="Corpus sizes in pairs")
+    parser.add_argument("--steps", type=int, default=50, help="Updates of each run (anonymous memory is read after them)")
     parser.add_argument("--json", type=Path, help="Write the results here")
     args = parser.parse_args()
     results: dict = {"machine": f"{os.cpu_count()} CPU cores, {platform.machine()}", "date": time.strftime("%Y-%m-%d"),
                      "command": " ".join(sys.argv)}
-    results["multi30k"] = measure(str(args.multi30k / "train"), args.work, "multi30k", cold_route=False)
+    results["multi30k"] = measure(str(args.multi30k / "train"), args.work, "multi30k", False, args.steps)
     for n in args.sizes:
         prefix = make_corpus(args.multi30k, n, args.work / f"synthetic-{n}")
-        results[str(n)] = measure(str(prefix), args.work, str(n), cold_route=True)
+        results[str(n)] = measure(str(prefix), args.work, str(n), True, args.steps)
         print(json.dumps({str(n): results[str(n)]}), flush=True)
     print(json.dumps(results, indent=1))
     if args.json:

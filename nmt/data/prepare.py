@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 STORE_VERSION = 1  # part of every store's key: a new layout is prepared anew, never misread
 TOKENS, META = "tokens.arrow", "meta.json"
-TASK_BATCHES = 10  # text record batches (of up to 20,000 pairs) per tokenizing task
+TASK_BATCHES = 2  # text record batches (of up to 20,000 pairs) per tokenizing task: small tasks keep every process busy to the end
 _TEXT_SCHEMA = pa.schema([("src", pa.string()), ("tgt", pa.string())])
 
 
