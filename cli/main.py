@@ -276,6 +276,37 @@ def export(
     typer.echo(str(_run(job)))
 
 
+@app.command()
+def serve(
+    model: Annotated[list[Path], typer.Option(help="Run directory written by `nmt train`; repeat it to serve several "
+                                                   "language pairs (each model's data.src_lang and data.tgt_lang).")],
+    host: Annotated[str, typer.Option(help="Address to listen on; the default takes connections from this machine "
+                                           "only, 0.0.0.0 from anywhere.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = 5000,
+    api_keys: Annotated[Optional[Path], typer.Option(help="File of API keys, one a line: /translate then needs one "
+                                                          "of them as api_key.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    quantize: Annotated[Optional[str], typer.Option(help="int8 (CPU) or bf16 (GPU), as `nmt translate --quantize`.")] = None,
+    max_batch_tokens: Annotated[Optional[int], typer.Option(help="Source-token budget of one decoding batch times the "
+                                                                 "beam, shared by all waiting requests (default: the "
+                                                                 "model's decode.max_tokens).")] = None,
+    max_chars: Annotated[int, typer.Option(help="Most characters of q in one request.")] = 10_000,
+    max_sentences: Annotated[int, typer.Option(help="Most lines (sentences) of q in one request.")] = 200,
+) -> None:
+    """Serve models over LibreTranslate's HTTP API (POST /translate, GET /languages, GET /health).
+
+    Concurrent requests are decoded together in batches. Ctrl-C or SIGTERM stop taking new
+    connections, answer the requests in flight, then exit. Needs `pip install 'nmt\\[serve]'`.
+    """
+    def job() -> None:
+        from nmt.serve import Limits, serve as serve_models
+
+        serve_models(model, host, port, api_keys, device, quantize, max_batch_tokens,
+                     Limits(max_chars=max_chars, max_sentences=max_sentences))
+
+    _run(job)
+
+
 @tokenizer_app.command("train")
 def tokenizer_train(
     corpus: Annotated[str, typer.Option(help="Parallel corpus: file prefix (PREFIX.SRC/.TGT), .tsv, .jsonl, dataset dir or hub:NAME.")],
