@@ -80,6 +80,12 @@ class DecodingLoop:
             self._wake.notify()
         self._thread.join()
 
+    @property
+    def pending(self) -> int:
+        """Sentences queued and not decoding yet (those of cancelled jobs not counted)."""
+        with self._wake:
+            return sum(not sentence.job.cancelled for sentence in self._queue)
+
     def submit(self, lines: Sequence[str], beam: int, nbest: int) -> Job:
         """Queue a request's lines (from the event loop's thread); await `job.future` for the hypotheses.
 
