@@ -253,24 +253,27 @@ def attention(
 @app.command()
 def export(
     model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
-    output: Annotated[Path, typer.Option(help="New directory for the exported model.")],
-    format: Annotated[str, typer.Option(help="Export format: hf (a Hugging Face transformers MarianMT directory) "
-                                             "or ct2 (a CTranslate2 model directory).")] = "hf",
-    quantization: Annotated[Optional[str], typer.Option(help="ct2 only: CTranslate2 weight type, e.g. int8 "
+    output: Annotated[Path, typer.Option(help="New directory for the exported model (a FILE.argosmodel for argos).")],
+    format: Annotated[str, typer.Option(help="Export format: hf (a Hugging Face transformers MarianMT directory), "
+                                             "ct2 (a CTranslate2 model directory) or argos (an Argos Translate "
+                                             "package, which LibreTranslate serves).")] = "hf",
+    quantization: Annotated[Optional[str], typer.Option(help="ct2 and argos: CTranslate2 weight type, e.g. int8 "
                                                              "(default float32).")] = None,
 ) -> None:
     """Export a model for other toolkits; needs `pip install 'nmt\\[export]'`."""
     from nmt.errors import NMTError
 
     def job() -> Path:
-        from nmt.export import export_ct2, export_hf
+        from nmt.export import export_argos, export_ct2, export_hf
 
         if format == "ct2":
             return export_ct2(model, output, quantization)
+        if format == "argos":
+            return export_argos(model, output, quantization)
         if format != "hf":
-            raise NMTError(f"--format {format!r}: choose hf or ct2")
+            raise NMTError(f"--format {format!r}: choose hf, ct2 or argos")
         if quantization is not None:
-            raise NMTError("--quantization applies to --format ct2 only")
+            raise NMTError("--quantization applies to --format ct2 and argos only")
         return export_hf(model, output)
 
     typer.echo(str(_run(job)))
