@@ -130,13 +130,19 @@ def wait_for(port: int, process: subprocess.Popen, seconds: float = 300) -> None
 
 
 def run_levels(name: str, port: int, lines: list[str], offline: list[str], levels: list[int], source: str,
-               target: str) -> list[dict]:
+               target: str, batches: Optional[list[int]] = None) -> list[dict]:
+    """Each level's row; `batches`, when given, fills with the server's batch sizes as it logs them."""
     load(port, lines[:20], 1, source, target)  # warm-up, untimed
     rows = []
     for clients in levels:
+        seen = len(batches) if batches is not None else 0
         row = load(port, lines, clients, source, target)
         answers = row.pop("answers")
         row["differ_from_offline"] = sum(a != b for a, b in zip(answers, offline))
+        if batches is not None:
+            time.sleep(0.5)  # the last log lines
+            sizes = batches[seen:]
+            row["mean_batch_sentences"] = round(sum(sizes) / max(1, len(sizes)), 1)
         print(f"{name}: {json.dumps(row)}", file=sys.stderr)
         rows.append({"engine": name, **row})
     return rows
@@ -152,7 +158,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def serve_nmt(args: argparse.Namespace, lines: list[str], offline: list[str], pair: tuple[str, str]) -> list[dict]:
-    command = [sys.executable, "-m", "nmt_cli.main", "serve", "--model", str(args.model), "--port", "0",
+    # -v: the server logs each batch's size ("decoded N sentences"), which the rows report.
+    command = [sys.executable, "-m", "nmt_cli.main", "-v", "serve", "--model", str(args.model), "--port", "0",
                "--device", "cpu", *(["--quantize", args.quantize] if args.quantize else [])]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
@@ -165,9 +172,16 @@ def serve_nmt(args: argparse.Namespace, lines: list[str], offline: list[str], pa
                 break
         if port is None:
             raise SystemExit(f"nmt serve did not start (exit code {process.wait()})")
-        threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its pipe from filling
+        batches: list[int] = []
+
+        def read_log() -> None:  # also keeps the pipe from filling
+            for line in process.stderr:
+                found = re.search(r"decoded (\d+) sentences", line)
+                if found:
+                    batches.append(int(found.group(1)))
+        threading.Thread(target=read_log, daemon=True).start()
         wait_for(port, process)
-        return run_levels("nmt serve", port, lines, offline, args.clients, *pair)
+        return run_levels("nmt serve", port, lines, offline, args.clients, *pair, batches=batches)
     finally:
         stop(process)
 

@@ -5,7 +5,9 @@ the loop's own takes the oldest waiting sentence and as many of the sentences af
 decoding settings) as fit one batch of `max_tokens` source tokens times the beam, the budget by
 which `nmt translate` cuts a file into batches, and decodes them with `Translator.translate_nbest`,
 the call `nmt translate` makes. So many small concurrent requests are decoded in batches as large
-as a file's, and a request's answer is what `nmt translate` gives for its lines.
+as a file's, and a request's answer is what `nmt translate` gives for its lines. Before a batch
+that would hold fewer sentences than the last one, the loop waits a few milliseconds for the
+clients that the last batch has just answered (see `DecodingLoop._take`).
 
 Not bit for bit, and neither is `nmt translate` of a line in one file and in another: a sentence's
 scores depend on its batch in the last bits (the CPU's matrix-multiply kernels round differently for
@@ -30,6 +32,7 @@ from nmt.pipeline import Translator
 log = logging.getLogger(__name__)
 
 Hypotheses = list[tuple[str, float]]  # (text, score), best first
+LINGER = 0.005  # seconds the loop may wait for more sentences before a batch (see DecodingLoop._take)
 
 
 @dataclass(eq=False)
@@ -69,6 +72,7 @@ class DecodingLoop:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.batches = 0  # decoded so far, for the logs and tests
         self.sentences = 0
+        self._last_size, self._last_seconds = 1, 0.0  # the last batch's sentences and decoding time
 
     def start(self) -> None:
         self._thread.start()
@@ -111,34 +115,53 @@ class DecodingLoop:
             job.cancelled = True
 
     def _take(self) -> Optional[list[_Sentence]]:
-        """The next batch: the oldest sentence and the later ones with its settings that fit the
-        budget; None once stopping with nothing left."""
+        """The next batch (see the module's docstring); None once stopping with nothing left.
+
+        When fewer sentences wait than the last batch held and the budget has room, the loop lingers
+        (at most `LINGER` seconds, and a tenth of the last batch's time) for the clients that the last
+        batch answered and that are sending their next request: without it, concurrent clients split
+        into two alternating half-size batches. One client at a time never waits (its last batch held one).
+        """
         with self._wake:
+            deadline: Optional[float] = None
             while True:
                 while self._queue and self._queue[0].job.cancelled:
                     self._queue.popleft()
-                if self._queue:
-                    break
-                if self._stopping:
-                    return None
-                self._wake.wait()
-            beam = self._queue[0].job.beam  # one beam per batch; the n-best lists are cut per job
-            taken: list[_Sentence] = []
-            kept: deque[_Sentence] = deque()
-            longest = 0
-            for sentence in self._queue:
-                job = sentence.job
-                if job.cancelled:
+                if not self._queue:
+                    if self._stopping:
+                        return None
+                    self._wake.wait()
+                    deadline = None
                     continue
-                # The budget as `translate_ids` cuts a file: sentences x the longest one x the beam.
-                fits = (len(taken) + 1) * max(longest, sentence.length) * beam <= self.max_tokens
-                if job.beam == beam and (fits or not taken):
-                    taken.append(sentence)
-                    longest = max(longest, sentence.length)
-                else:
-                    kept.append(sentence)
-            self._queue = kept
-            return taken
+                if deadline is None:
+                    deadline = time.monotonic() + min(LINGER, self._last_seconds / 10)
+                taken, kept, full = self._select()
+                left = deadline - time.monotonic()
+                if full or len(taken) >= self._last_size or self._stopping or left <= 0:
+                    self._queue = kept
+                    return taken
+                self._wake.wait(left)
+
+    def _select(self) -> tuple[list[_Sentence], deque[_Sentence], bool]:
+        """The oldest sentence and the later ones with its beam that fit the budget; the rest; whether
+        one was left out for want of room."""
+        beam = self._queue[0].job.beam  # one beam per batch; the n-best lists are cut per job
+        taken: list[_Sentence] = []
+        kept: deque[_Sentence] = deque()
+        longest, full = 0, False
+        for sentence in self._queue:
+            job = sentence.job
+            if job.cancelled:
+                continue
+            # The budget as `translate_ids` cuts a file: sentences x the longest one x the beam.
+            fits = (len(taken) + 1) * max(longest, sentence.length) * beam <= self.max_tokens
+            if job.beam == beam and (fits or not taken):
+                taken.append(sentence)
+                longest = max(longest, sentence.length)
+            else:
+                full |= job.beam == beam
+                kept.append(sentence)
+        return taken, kept, full
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
@@ -155,6 +178,7 @@ class DecodingLoop:
                 continue
             self.batches += 1
             self.sentences += len(batch)
+            self._last_size, self._last_seconds = len(batch), time.perf_counter() - started
             log.debug("decoded %d sentences in %.1f ms", len(batch), 1000 * (time.perf_counter() - started))
             for sentence, hyps in zip(batch, found):
                 job = sentence.job
