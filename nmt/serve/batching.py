@@ -32,7 +32,7 @@ from nmt.pipeline import Translator
 log = logging.getLogger(__name__)
 
 Hypotheses = list[tuple[str, float]]  # (text, score), best first
-LINGER = 0.005  # seconds the loop may wait for more sentences before a batch (see DecodingLoop._take)
+LINGER = 0.02  # seconds the loop may wait for more sentences before a batch (see DecodingLoop._take)
 
 
 @dataclass(eq=False)
@@ -72,7 +72,8 @@ class DecodingLoop:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.batches = 0  # decoded so far, for the logs and tests
         self.sentences = 0
-        self._last_size, self._last_seconds = 1, 0.0  # the last batch's sentences and decoding time
+        self._last_seconds = 0.0  # the last batch's decoding time
+        self._expected = 0  # requests expected to wait before the next batch (see _take)
 
     def start(self) -> None:
         self._thread.start()
@@ -117,10 +118,12 @@ class DecodingLoop:
     def _take(self) -> Optional[list[_Sentence]]:
         """The next batch (see the module's docstring); None once stopping with nothing left.
 
-        When fewer sentences wait than the last batch held and the budget has room, the loop lingers
-        (at most `LINGER` seconds, and a tenth of the last batch's time) for the clients that the last
-        batch answered and that are sending their next request: without it, concurrent clients split
-        into two alternating half-size batches. One client at a time never waits (its last batch held one).
+        While the budget has room, the loop lingers for the clients that the last batch answered and
+        that are sending their next request: until the requests waiting are as many as were waiting
+        when the last batch ended plus those it answered, for at most `LINGER` seconds and a tenth of
+        the last batch's time. Without it, concurrent clients split into two groups whose batches
+        alternate. One client at a time never waits (it is the one expected); a client that does not
+        come back costs that wait once.
         """
         with self._wake:
             deadline: Optional[float] = None
@@ -137,7 +140,8 @@ class DecodingLoop:
                     deadline = time.monotonic() + min(LINGER, self._last_seconds / 10)
                 taken, kept, full = self._select()
                 left = deadline - time.monotonic()
-                if full or len(taken) >= self._last_size or self._stopping or left <= 0:
+                waiting = len({sentence.job for sentence in self._queue if not sentence.job.cancelled})
+                if full or waiting >= self._expected or self._stopping or left <= 0:
                     self._queue = kept
                     return taken
                 self._wake.wait(left)
@@ -178,14 +182,18 @@ class DecodingLoop:
                 continue
             self.batches += 1
             self.sentences += len(batch)
-            self._last_size, self._last_seconds = len(batch), time.perf_counter() - started
+            self._last_seconds = time.perf_counter() - started
             log.debug("decoded %d sentences in %.1f ms", len(batch), 1000 * (time.perf_counter() - started))
+            answered = 0
             for sentence, hyps in zip(batch, found):
                 job = sentence.job
                 job.results[sentence.index] = hyps[:job.nbest]
                 job.waiting -= 1
                 if job.waiting == 0 and not job.cancelled:
                     job.future.get_loop().call_soon_threadsafe(_finish, job)
+                    answered += 1
+            with self._wake:
+                self._expected = answered + len({s.job for s in self._queue if not s.job.cancelled})
 
 
 def _finish(job: Job) -> None:
