@@ -47,7 +47,7 @@ started = time.perf_counter()
 out = translator.translate(lines)
 seconds = time.perf_counter() - started
 alone = []
-for line in lines:
+for line in lines[:int(sys.argv[3])]:
     started = time.perf_counter()
     translator.translate([line])
     alone.append(time.perf_counter() - started)
@@ -74,6 +74,7 @@ def load(port: int, lines: list[str], clients: int, source: str, target: str) ->
     """Send every line once, `clients` at a time; return sentences/s, latencies and the answers."""
     answers: list[Optional[str]] = [None] * len(lines)
     latencies: list[float] = []
+    by_line: list[float] = [0.0] * len(lines)
     next_line = iter(range(len(lines)))
     lock = threading.Lock()
     errors: list[str] = []
@@ -94,6 +95,7 @@ def load(port: int, lines: list[str], clients: int, source: str, target: str) ->
                 took = time.perf_counter() - started
                 with lock:
                     latencies.append(took)
+                    by_line[index] = took
                     if response.status == 200:
                         answers[index] = json.loads(data)["translatedText"]
                     else:
@@ -110,7 +112,7 @@ def load(port: int, lines: list[str], clients: int, source: str, target: str) ->
     seconds = time.perf_counter() - started
     return {"clients": clients, "sentences_per_s": round(len(lines) / seconds, 1),
             "p50_ms": round(1000 * percentile(latencies, 0.5), 1), "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
-            "errors": len(errors), "first_error": errors[0] if errors else None, "answers": answers}
+            "errors": len(errors), "first_error": errors[0] if errors else None, "answers": answers, "by_line": by_line}
 
 
 def wait_for(port: int, process: subprocess.Popen, seconds: float = 300) -> None:
@@ -130,14 +132,17 @@ def wait_for(port: int, process: subprocess.Popen, seconds: float = 300) -> None
 
 
 def run_levels(name: str, port: int, lines: list[str], offline: list[str], levels: list[int], source: str,
-               target: str, batches: Optional[list[int]] = None) -> list[dict]:
-    """Each level's row; `batches`, when given, fills with the server's batch sizes as it logs them."""
+               target: str, alone: int, batches: Optional[list[int]] = None) -> list[dict]:
+    """Each level's row; `batches`, when given, fills with the server's batch sizes as it logs them.
+    With one client, also the p50 latency of the first `alone` sentences, which were timed in-process."""
     load(port, lines[:20], 1, source, target)  # warm-up, untimed
     rows = []
     for clients in levels:
         seen = len(batches) if batches is not None else 0
         row = load(port, lines, clients, source, target)
-        answers = row.pop("answers")
+        answers, by_line = row.pop("answers"), row.pop("by_line")
+        if clients == 1:
+            row[f"p50_ms_first_{alone}"] = round(1000 * statistics.median(by_line[:alone]), 1)
         row["differ_from_offline"] = sum(a != b for a, b in zip(answers, offline))
         if batches is not None:
             time.sleep(0.5)  # the last log lines
@@ -181,7 +186,7 @@ def serve_nmt(args: argparse.Namespace, lines: list[str], offline: list[str], pa
                     batches.append(int(found.group(1)))
         threading.Thread(target=read_log, daemon=True).start()
         wait_for(port, process)
-        return run_levels("nmt serve", port, lines, offline, args.clients, *pair, batches=batches)
+        return run_levels("nmt serve", port, lines, offline, args.clients, *pair, args.alone, batches=batches)
     finally:
         stop(process)
 
@@ -193,6 +198,7 @@ def serve_libretranslate(args: argparse.Namespace, lines: list[str], offline: li
     package = export_argos(args.model, work / "model.argosmodel")
     env = {**os.environ, "ARGOS_PACKAGES_DIR": str(work / "argos" / "packages"), "ARGOS_BEAM_SIZE": str(beam),
            "ARGOS_COMPUTE_TYPE": "float32", "ARGOS_DEVICE_TYPE": "cpu", "HOME": str(work / "home"),
+           **({"ARGOS_INTRA_THREADS": str(args.threads)} if args.threads else {}),
            **{f"XDG_{kind}_HOME": str(work / "argos" / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")}}
     subprocess.run([args.libretranslate, "-c", "import sys; from argostranslate import package; "
                     "package.install_from_path(sys.argv[1])", str(package)], env=env, check=True)
@@ -202,7 +208,7 @@ def serve_libretranslate(args: argparse.Namespace, lines: list[str], offline: li
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(port, process)
-        return run_levels("LibreTranslate", port, lines, offline, args.clients, *pair)
+        return run_levels("LibreTranslate", port, lines, offline, args.clients, *pair, args.alone)
     finally:
         stop(process)
 
@@ -213,11 +219,16 @@ def main() -> None:
     parser.add_argument("--src", type=Path, required=True, help="source sentences (test_2016_flickr)")
     parser.add_argument("--sentences", type=int, default=1000, help="sentences sent at each level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients per level")
+    parser.add_argument("--alone", type=int, default=200, help="sentences translated one at a time in-process")
+    parser.add_argument("--threads", type=int, default=None, help="threads of every engine (OMP_NUM_THREADS for "
+                        "nmt, ARGOS_INTRA_THREADS for LibreTranslate); default: each engine's own")
     parser.add_argument("--quantize", default=None, help="int8: nmt serve --quantize int8 (offline too)")
     parser.add_argument("--libretranslate", default=None, help="python of an environment with LibreTranslate")
     parser.add_argument("--libretranslate-port", type=int, default=5123, help="loopback port for LibreTranslate")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the offline child and nmt serve
 
     from nmt import Translator
     from nmt.data import read_lines
@@ -230,14 +241,14 @@ def main() -> None:
         work = Path(work_dir)
         (work / "lines.json").write_text(json.dumps(lines))
         script = OFFLINE if not args.quantize else OFFLINE.replace('device="cpu"', f'device="cpu", quantize="{args.quantize}"')
-        done = subprocess.run([sys.executable, "-c", script, str(args.model), str(work / "lines.json")],
+        done = subprocess.run([sys.executable, "-c", script, str(args.model), str(work / "lines.json"), str(args.alone)],
                               capture_output=True, text=True, check=True)
         found = json.loads(done.stdout.splitlines()[-1])
         offline = found["translations"]
         rows = [{"engine": "offline Translator.translate (nmt translate)", "sentences_per_s":
                  round(len(lines) / found["seconds"], 1)},
-                {"engine": "in-process Translator.translate of one sentence", "clients": 1,
-                 "sentences_per_s": round(len(lines) / sum(found["alone"]), 1),
+                {"engine": f"in-process Translator.translate of one sentence (first {len(found['alone'])})",
+                 "clients": 1, "sentences_per_s": round(len(found["alone"]) / sum(found["alone"]), 1),
                  "p50_ms": round(1000 * statistics.median(found["alone"]), 1),
                  "p95_ms": round(1000 * percentile(found["alone"], 0.95), 1)}]
         print(json.dumps(rows), file=sys.stderr)
@@ -248,7 +259,8 @@ def main() -> None:
     for row in rows:
         row["ratio_to_offline"] = round(row["sentences_per_s"] / offline_rate, 2)
     result = {"machine": f"{os.cpu_count()} CPU cores ({platform.machine()})", "date": time.strftime("%Y-%m-%d"),
-              "model": str(args.model), "sentences": len(lines), "beam": beam, "quantize": args.quantize, "rows": rows}
+              "model": str(args.model), "sentences": len(lines), "beam": beam, "quantize": args.quantize,
+              "threads": args.threads, "load_average": os.getloadavg(), "rows": rows}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
