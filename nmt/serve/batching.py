@@ -2,12 +2,11 @@
 
 Requests put their sentences on a queue (`DecodingLoop.submit`, from the event loop); a thread of
 the loop's own takes the oldest waiting sentence and as many of the sentences after it (same
-decoding settings) as fit one batch of `max_tokens` source tokens times the beam, the budget by
-which `nmt translate` cuts a file into batches, and decodes them with `Translator.translate_nbest`,
-the call `nmt translate` makes. So many small concurrent requests are decoded in batches as large
-as a file's, and a request's answer is what `nmt translate` gives for its lines. Before a batch
-that would hold fewer sentences than the last one, the loop waits a few milliseconds for the
-clients that the last batch has just answered (see `DecodingLoop._take`).
+beam) as fit one batch of `max_tokens` source tokens times the beam, the budget by which
+`nmt translate` cuts a file into batches, and decodes them with `Translator.translate_nbest`, the
+call `nmt translate` makes. So many small concurrent requests are decoded in batches, as a file
+is, and a request's answer is what `nmt translate` gives for its lines. Before a batch, the loop
+may wait up to 20 ms for the clients that the last batch has just answered (see `DecodingLoop._take`).
 
 Not bit for bit, and neither is `nmt translate` of a line in one file and in another: a sentence's
 scores depend on its batch in the last bits (the CPU's matrix-multiply kernels round differently for
