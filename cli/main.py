@@ -253,27 +253,61 @@ def attention(
 @app.command()
 def export(
     model: Annotated[Path, typer.Option(help="Run directory written by `nmt train`.")],
-    output: Annotated[Path, typer.Option(help="New directory for the exported model.")],
-    format: Annotated[str, typer.Option(help="Export format: hf (a Hugging Face transformers MarianMT directory) "
-                                             "or ct2 (a CTranslate2 model directory).")] = "hf",
-    quantization: Annotated[Optional[str], typer.Option(help="ct2 only: CTranslate2 weight type, e.g. int8 "
+    output: Annotated[Path, typer.Option(help="New directory for the exported model (a FILE.argosmodel for argos).")],
+    format: Annotated[str, typer.Option(help="Export format: hf (a Hugging Face transformers MarianMT directory), "
+                                             "ct2 (a CTranslate2 model directory) or argos (an Argos Translate "
+                                             "package, which LibreTranslate serves).")] = "hf",
+    quantization: Annotated[Optional[str], typer.Option(help="ct2 and argos: CTranslate2 weight type, e.g. int8 "
                                                              "(default float32).")] = None,
 ) -> None:
     """Export a model for other toolkits; needs `pip install 'nmt\\[export]'`."""
     from nmt.errors import NMTError
 
     def job() -> Path:
-        from nmt.export import export_ct2, export_hf
+        from nmt.export import export_argos, export_ct2, export_hf
 
         if format == "ct2":
             return export_ct2(model, output, quantization)
+        if format == "argos":
+            return export_argos(model, output, quantization)
         if format != "hf":
-            raise NMTError(f"--format {format!r}: choose hf or ct2")
+            raise NMTError(f"--format {format!r}: choose hf, ct2 or argos")
         if quantization is not None:
-            raise NMTError("--quantization applies to --format ct2 only")
+            raise NMTError("--quantization applies to --format ct2 and argos only")
         return export_hf(model, output)
 
     typer.echo(str(_run(job)))
+
+
+@app.command()
+def serve(
+    model: Annotated[list[Path], typer.Option(help="Run directory written by `nmt train`; repeat it to serve several "
+                                                   "language pairs (each model's data.src_lang and data.tgt_lang).")],
+    host: Annotated[str, typer.Option(help="Address to listen on; the default takes connections from this machine "
+                                           "only, 0.0.0.0 from anywhere.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one, printed at start).")] = 5000,
+    api_keys: Annotated[Optional[Path], typer.Option(help="File of API keys, one a line: /translate then needs one "
+                                                          "of them as api_key.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    quantize: Annotated[Optional[str], typer.Option(help="int8 (CPU) or bf16 (GPU), as `nmt translate --quantize`.")] = None,
+    max_batch_tokens: Annotated[Optional[int], typer.Option(help="Source-token budget of one decoding batch times the "
+                                                                 "beam, shared by all waiting requests (default: the "
+                                                                 "model's decode.max_tokens).")] = None,
+    max_chars: Annotated[int, typer.Option(help="Most characters of q in one request.")] = 10_000,
+    max_sentences: Annotated[int, typer.Option(help="Most lines (sentences) of q in one request.")] = 200,
+) -> None:
+    """Serve models over LibreTranslate's HTTP API (POST /translate, GET /languages, GET /health).
+
+    Concurrent requests are decoded together in batches. Ctrl-C or SIGTERM stop taking new
+    connections, answer the requests in flight, then exit. Needs `pip install 'nmt\\[serve]'`.
+    """
+    def job() -> None:
+        from nmt.serve import Limits, serve as serve_models
+
+        serve_models(model, host, port, api_keys, device, quantize, max_batch_tokens,
+                     Limits(max_chars=max_chars, max_sentences=max_sentences))
+
+    _run(job)
 
 
 @tokenizer_app.command("train")

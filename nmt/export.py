@@ -1,4 +1,5 @@
-"""Export a trained model to a Hugging Face transformers directory (MarianMT for post-norm models).
+"""Export a trained model: a Hugging Face transformers directory (MarianMT for post-norm models),
+CTranslate2's conversion of it, and an Argos Translate package of that (what LibreTranslate serves).
 
 The exported vocabulary follows Marian's order, padding last: nmt id i is exported id i - 1 and
 padding (nmt id 0) becomes the last id. Padding is the decoder start and its embedding row is zero,
@@ -9,13 +10,17 @@ the same model. Needs the optional `transformers` package (`pip install nmt[expo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 
+from nmt import __version__
 from nmt.errors import NMTError
+from nmt.languages import language_name
 from nmt.model import sinusoidal_table
 from nmt.pipeline import Translator
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -169,3 +174,57 @@ def export_ct2(model_dir: Path, output: Path, quantization: str | None = None) -
         for name in ("source.spm", "target.spm"):
             shutil.copyfile(hf / name, tmp / name)
     return _publish(tmp, output)
+
+
+ARGOS_SUFFIX = ".argosmodel"
+
+
+def export_argos(model_dir: Path, output: Path, quantization: str | None = None) -> Path:
+    """Write an Argos Translate package: a zip of one directory `translate-SRC_TGT-1_0/` holding
+
+        metadata.json         language codes and names, package and Argos versions, type "translate"
+        model/                the CTranslate2 model (`export_ct2`), told to add EOS to every source
+        sentencepiece.model   the model's (joint) SentencePiece model, which Argos tokenizes with
+        README.md             where the package comes from
+
+    `argostranslate.package.install_from_path(output)` installs it; LibreTranslate then serves it.
+    Argos hands CTranslate2 the source pieces without EOS (OpenNMT-py's models are trained without
+    one); nmt's are trained with it, so the model's config asks CTranslate2 to add it.
+    """
+    if output.suffix != ARGOS_SUFFIX:
+        raise NMTError(f"--output {output}: an Argos Translate package is one file named *{ARGOS_SUFFIX}")
+    if output.exists():
+        raise NMTError(f"{output} exists; choose another --output")
+    if not output.parent.is_dir():
+        raise NMTError(f"--output {output}: the directory {output.parent} does not exist")
+    data = Translator.load(model_dir, device="cpu").config.data
+    name = f"translate-{data.src_lang}_{data.tgt_lang}-1_0"
+    with tempfile.TemporaryDirectory(prefix="nmt-argos-") as work:
+        root = Path(work) / name
+        root.mkdir()
+        model = export_ct2(model_dir, root / "model", quantization)
+        config_path = model / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["add_source_eos"] = True
+        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (model / "source.spm").rename(root / "sentencepiece.model")  # the vocabulary is joint: one model
+        (model / "target.spm").unlink()
+        metadata = {"package_version": "1.0", "argos_version": "1.9", "type": "translate", "code": name,
+                    "from_code": data.src_lang, "from_name": language_name(data.src_lang),
+                    "to_code": data.tgt_lang, "to_name": language_name(data.tgt_lang), "links": []}
+        (root / "metadata.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+        (root / "README.md").write_text(
+            f"# {metadata['from_name']} to {metadata['to_name']}\n\nA translation model trained with nmt "
+            f"{__version__} and exported by `nmt export --format argos` from `{Path(model_dir).name}`"
+            f"{f' with {quantization} weights' if quantization else ''}.\n", encoding="utf-8")
+        tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted(root.rglob("*")):
+                    archive.write(path, path.relative_to(work))
+            os.replace(tmp, output)
+        except OSError as exc:
+            raise NMTError(f"{output}: cannot write ({exc.strerror or exc})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    return output

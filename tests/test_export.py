@@ -115,7 +115,7 @@ def test_ct2_export_cli(exported: tuple[Path, Path], tmp_path: Path) -> None:
     pieces = [ours.tokenizer.src.encode("ka lu mi", out_type=str) + ["</s>"]]
     assert ctranslate2.Translator(str(out), device="cpu").translate_batch(pieces, max_decoding_length=5)[0].hypotheses
     wrong = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--format", "onnx", "--output", str(tmp_path / "x")])
-    assert wrong.exit_code == 1 and "choose hf or ct2" in wrong.stderr
+    assert wrong.exit_code == 1 and "choose hf, ct2 or argos" in wrong.stderr
 
 
 def test_tokenizer_files_load(exported: tuple[Path, Path]) -> None:
@@ -150,3 +150,68 @@ def test_pre_norm_is_refused(tmp_path: Path) -> None:
     with pytest.raises(NMTError, match="pre-norm"):
         export_hf(model_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# Run in a process of its own: argostranslate reads its settings (ARGOS_PACKAGES_DIR, the beam, the
+# XDG directories it writes to) from the environment once, when it is imported. Everything of Argos
+# runs but its sentence splitter: MiniSBD downloads its model at first use, which cannot happen
+# offline, so each test text is one sentence (as nmt translates a line).
+ARGOS_SCRIPT = """
+import json, sys
+from argostranslate import package, sbd, translate
+sbd.MiniSBDSentencizer.split_sentences = lambda self, text: [text]
+package.install_from_path(sys.argv[1])
+installed = [(p.from_code, p.from_name, p.to_code, p.to_name) for p in package.get_installed_packages()]
+print(json.dumps({"installed": installed, "out": [translate.translate(s, "xx", "yy") for s in sys.argv[2:]]}))
+"""
+
+
+def test_argos_package_installs_and_translates_as_ctranslate2(tmp_path: Path) -> None:
+    pytest.importorskip("argostranslate")
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from nmt.export import export_argos, export_ct2
+
+    # Room in the position table for CTranslate2's default output limit (256 tokens), which Argos keeps.
+    model_dir = make_model_dir(tmp_path / "postnorm", "model.norm_first=false", "model.max_positions=300")
+    package = export_argos(model_dir, tmp_path / "xx_yy.argosmodel")
+    lines = ["ka lu mi", "ze", "bo di no pe ri su"]
+    beam = 3
+    env = {**os.environ, "ARGOS_PACKAGES_DIR": str(tmp_path / "argos" / "packages"), "ARGOS_BEAM_SIZE": str(beam),
+           "ARGOS_DEVICE_TYPE": "cpu", "ARGOS_COMPUTE_TYPE": "float32",  # its default, auto, is int8 on most CPUs
+           "HOME": str(tmp_path / "home"), **{
+               f"XDG_{kind}_HOME": str(tmp_path / "argos" / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")}}
+    done = subprocess.run([sys.executable, "-c", ARGOS_SCRIPT, str(package), *lines], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["installed"] == [["xx", "xx", "yy", "yy"]]
+    assert (tmp_path / "argos" / "packages" / "translate-xx_yy-1_0" / "model" / "model.bin").is_file()
+    # CTranslate2 on the `--format ct2` export, with Argos' settings: its beam, length penalty 0.2,
+    # EOS after the source pieces (which the package's config adds), the output's first space dropped.
+    ours = Translator.load(model_dir, device="cpu")
+    engine = ctranslate2.Translator(str(export_ct2(model_dir, tmp_path / "ct2")), device="cpu")
+    pieces = [ours.tokenizer.src.encode(line, out_type=str) + ["</s>"] for line in lines]
+    results = [engine.translate_batch([p], beam_size=beam, length_penalty=0.2, replace_unknowns=True)[0]
+               for p in pieces]  # one at a time, as Argos translates a text
+    expected = [ours.tokenizer.tgt.decode_pieces(r.hypotheses[0]).replace("▁", " ").lstrip(" ") for r in results]
+    assert found["out"] == expected
+
+
+def test_argos_refuses_what_ct2_refuses(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nmt_cli.main import app
+
+    model_dir = make_model_dir(tmp_path / "prenorm")
+    out = tmp_path / "x.argosmodel"
+    refused = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--format", "argos", "--output", str(out)])
+    assert refused.exit_code == 1 and "pre-norm" in refused.stderr and not out.exists()
+    assert list(tmp_path.glob(".x.argosmodel*")) == []
+    wrong = CliRunner().invoke(app, ["export", "--model", str(model_dir), "--format", "argos", "--output",
+                                     str(tmp_path / "x.zip")])
+    assert wrong.exit_code == 1 and ".argosmodel" in wrong.stderr

@@ -1,0 +1,85 @@
+"""Start the HTTP server: load the models, listen, serve with uvicorn until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+from typing import Optional, Sequence
+
+from nmt.errors import ConfigError, NMTError
+from nmt.pipeline import Translator
+from nmt.serve.api import ApiKeys, Limits, Pair, create_app
+from nmt.serve.batching import DecodingLoop
+
+log = logging.getLogger("nmt.serve")
+
+
+def load_pairs(model_dirs: Sequence[Path], device: str = "auto", quantize: Optional[str] = None,
+               max_batch_tokens: Optional[int] = None) -> list[Pair]:
+    """A decoding loop (not started yet) for each model, keyed by its language pair (data.src_lang, data.tgt_lang)."""
+    if not model_dirs:
+        raise ConfigError("give at least one --model DIR to serve")
+    if max_batch_tokens is not None and max_batch_tokens < 1:
+        raise ConfigError(f"--max-batch-tokens must be >= 1, got {max_batch_tokens}")
+    pairs: dict[tuple[str, str], tuple[Path, Pair]] = {}
+    for model_dir in model_dirs:
+        translator = Translator.load(model_dir, device, quantize)
+        source, target = translator.config.data.src_lang, translator.config.data.tgt_lang
+        if (source, target) in pairs:
+            raise ConfigError(f"--model {pairs[(source, target)][0]} and --model {model_dir} both translate {source} "
+                              f"to {target}; serve one of them")
+        loop = DecodingLoop(translator, max_batch_tokens, name=f"decode-{source}-{target}")
+        pairs[(source, target)] = (Path(model_dir), Pair(source, target, loop))
+    return [pair for _, pair in pairs.values()]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (port 0: any free port), or an NMTError saying why not."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise NMTError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait for TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise NMTError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(model_dirs: Sequence[Path], host: str = "127.0.0.1", port: int = 5000, api_keys: Optional[Path] = None,
+          device: str = "auto", quantize: Optional[str] = None, max_batch_tokens: Optional[int] = None,
+          limits: Limits = Limits()) -> None:
+    """Serve the models over LibreTranslate's API until SIGTERM or Ctrl-C, which stop taking new
+    connections, answer the requests in flight, then return (a second Ctrl-C stops at once)."""
+    import uvicorn
+
+    if limits.max_chars < 1 or limits.max_sentences < 1:
+        raise ConfigError(f"--max-chars and --max-sentences must be >= 1, got {limits.max_chars} and "
+                          f"{limits.max_sentences}")
+    keys = ApiKeys.load(api_keys) if api_keys is not None else None  # before the slow part: loading the models
+    pairs = load_pairs(model_dirs, device, quantize, max_batch_tokens)
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    if not _is_loopback(host):
+        log.warning("listening on %s: anyone who can reach this machine can use the server%s", host,
+                    "" if keys else "; --api-keys FILE lets in only the holders of a key")
+    server = uvicorn.Server(uvicorn.Config(create_app(pairs, limits, keys), log_config=None, access_log=False,
+                                           lifespan="on", server_header=False))
+    url_host = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
+    log.info("serving %s on http://%s:%d (Ctrl-C or SIGTERM: finish the requests in flight, then stop)",
+             ", ".join(f"{p.source}-{p.target}" for p in pairs), url_host, bound_port)
+    server.run(sockets=[sock])
