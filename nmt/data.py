@@ -125,14 +125,9 @@ def read_corpus(spec: str, src_lang: str, tgt_lang: str, split: str = "train",
                 hub_config: str = "") -> tuple[list[str], list[str]]:
     """Read a parallel corpus given as a file prefix, .tsv, .jsonl, saved dataset dir or hub:NAME."""
     if spec.startswith("hub:"):
-        import datasets
+        from nmt.hub import load_hub_dataset  # one DataError line for any hub failure, no retry loop offline
 
-        name = spec[4:]
-        try:
-            dataset = datasets.load_dataset(name, hub_config or None, split=split)
-        except Exception as exc:  # the hub client raises many types; report one line
-            raise DataError(f"{spec}: cannot load dataset split '{split}' ({type(exc).__name__}: {exc})") from None
-        return _read_dataset(dataset, spec, src_lang, tgt_lang)
+        return _read_dataset(load_hub_dataset(spec[4:], hub_config, split), spec, src_lang, tgt_lang)
     path = Path(spec)
     if path.is_dir():
         import datasets
