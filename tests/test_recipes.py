@@ -63,3 +63,15 @@ def test_recipe_hub_option_without_network_is_one_line(tmp_path: Path) -> None:
     assert message.startswith("error: hub:bentrevett/multi30k: cannot reach the Hugging Face hub at http://127.0.0.1:9")
     assert "\n" not in message and "drop --hub to use the copy of Multi30k shipped in recipes/data/multi30k" in message
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "data").exists()
+
+
+def test_profiles_load_and_the_readme_quickstart_runs_the_quick_one() -> None:
+    from nmt.config import load_config
+
+    recipes = RECIPE.parent
+    for profile in ("quick", "cpu", "gpu"):
+        load_config(recipes / f"multi30k-{profile}.yaml", [])  # unknown keys or bad values would raise
+    readme = (recipes.parent / "README.md").read_text(encoding="utf-8")
+    quickstart = readme[readme.index("## Quickstart"):readme.index("\n## ", readme.index("## Quickstart") + 1)]
+    commands = [line for line in quickstart.splitlines() if line.startswith("recipes/multi30k.sh ")]
+    assert commands and "--profile quick" in commands[0] and "--data-dir" not in commands[0] and "--hub" not in commands[0]
