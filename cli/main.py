@@ -69,7 +69,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show deb
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)  # force: rebind to the current stderr on every call
-    for noisy in ("datasets", "filelock", "fsspec", "urllib3", "httpx", "huggingface_hub", "sacrebleu"):
+    for noisy in ("datasets", "filelock", "fsspec", "urllib3", "httpx", "httpx2", "huggingface_hub", "sacrebleu"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -4,49 +4,64 @@
 # sacreBLEU, chrF, TER and lowercased 13a BLEU (with signatures and 95% bootstrap intervals) plus
 # the time taken.
 #
-#   recipes/multi30k.sh --src en --tgt de --run-dir runs/en-de [--profile cpu|gpu] [--data-dir DIR]
-#                       [--set section.key=value ...]
+#   recipes/multi30k.sh --src en --tgt de --run-dir runs/en-de [--profile quick|cpu|gpu]
+#                       [--data-dir DIR | --hub] [--set section.key=value ...]
 #
-# Pairs: en-de, de-en, en-fr, en-cs (any two of en, de, fr, cs). --profile cpu (default) fits a
-# 2-core machine in about an hour (52-60 min per pair); gpu trains a larger model for one GPU. DIR holds Multi30k Task 1
-# files named {train,val,test_2016_flickr}.{lang}[.gz]; without --data-dir the data comes from the
-# Hugging Face hub (bentrevett/multi30k, en and de only) through `datasets`.
+# Pairs: any two of en, de, fr, cs. Profiles (recipes/multi30k-PROFILE.yaml): quick, a first
+# result in under 10 minutes on 2 CPU cores; cpu (the default), the full model in about an hour
+# on 2 CPU cores (52-60 min per pair); gpu, a larger model for one GPU.
+# Data: Multi30k Task 1 ships with nmt in recipes/data/multi30k (nothing is downloaded).
+# --data-dir DIR reads DIR/{train,val,test_2016_flickr}.{lang}[.gz] instead; --hub downloads the
+# Hugging Face hub's copy (bentrevett/multi30k, en and de only) through `datasets`.
 set -euo pipefail
 
-src=en tgt=de data_dir="" run_dir="" profile=cpu overrides=()
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src=en tgt=de data_dir="" run_dir="" profile=cpu hub=0 overrides=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --src) src="$2"; shift 2 ;;
     --tgt) tgt="$2"; shift 2 ;;
     --data-dir) data_dir="$2"; shift 2 ;;
+    --hub) hub=1; shift ;;
     --run-dir) run_dir="$2"; shift 2 ;;
     --profile) profile="$2"; shift 2 ;;
     --set) overrides+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ -n "$run_dir" ]] || { echo "--run-dir is required" >&2; exit 2; }
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 config="$here/multi30k-$profile.yaml"
-[[ -f "$config" ]] || { echo "--profile must be cpu or gpu, got $profile" >&2; exit 2; }
-if [[ -z "$data_dir" && ! ( "$src $tgt" == "en de" || "$src $tgt" == "de en" ) ]]; then
-  echo "the hub copy of Multi30k has en and de only; give --data-dir for $src-$tgt" >&2; exit 2
+[[ -f "$config" ]] || { echo "--profile must be quick, cpu or gpu, got $profile" >&2; exit 2; }
+if [[ $hub == 1 ]]; then
+  [[ -z "$data_dir" ]] || { echo "give --data-dir or --hub, not both" >&2; exit 2; }
+  if [[ ! ( "$src $tgt" == "en de" || "$src $tgt" == "de en" ) ]]; then
+    echo "the hub copy of Multi30k has en and de only; drop --hub for $src-$tgt (the shipped copy has en, de, fr, cs)" >&2; exit 2
+  fi
+  data_dir="$run_dir/data"
+elif [[ -z "$data_dir" ]]; then
+  data_dir="$here/data/multi30k"
+  for lang in "$src" "$tgt"; do
+    [[ -f "$data_dir/train.$lang.gz" ]] || { echo "Multi30k has en, de, fr and cs, not $lang; give --data-dir DIR for other data" >&2; exit 2; }
+  done
 fi
 mkdir -p "$run_dir"
 start=$(date +%s)
 
-if [[ -z "$data_dir" ]]; then
-  data_dir="$run_dir/data"
+if [[ $hub == 1 ]]; then  # a missing network ends here in one line (nmt.hub), before anything is trained
   python - "$src" "$tgt" "$data_dir" <<'PY'
 import sys
 from pathlib import Path
-import datasets
+from nmt.errors import NMTError
+from nmt.hub import load_hub_dataset
 src, tgt, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+try:
+    corpus = load_hub_dataset("bentrevett/multi30k", instead="drop --hub to use the copy of Multi30k shipped "
+                              "in recipes/data/multi30k, or give --data-dir DIR")
+except NMTError as exc:
+    sys.exit(f"error: {exc}")
 out.mkdir(parents=True, exist_ok=True)
-splits = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
-corpus = datasets.load_dataset("bentrevett/multi30k")
-for split, name in splits.items():
+for split, name in {"train": "train", "validation": "val", "test": "test_2016_flickr"}.items():
     for lang in (src, tgt):
         (out / f"{name}.{lang}").write_text("".join(line + "\n" for line in corpus[split][lang]), encoding="utf-8")
 PY
@@ -57,7 +72,7 @@ nmt train --config "$config" --run-dir "$run_dir" \
   --set data.train="$data_dir/train" --set data.valid="$data_dir/val" "${overrides[@]}" >&2
 
 file() { [[ -f "$data_dir/$1" ]] && echo "$data_dir/$1" || echo "$data_dir/$1.gz"; }
-# Averaging the last 4 or 8 checkpoints (saved 200 updates apart) is kept only if it beats the plain model on val.
+# Averaging the last 4 or 8 checkpoints (train.save_every apart) is kept only if it beats the plain model on val.
 nmt average --model "$run_dir" --last 4 --last 8 --valid-src "$(file "val.$src")" --valid-ref "$(file "val.$tgt")" \
   > "$run_dir/average.json"
 test_src="$(file "test_2016_flickr.$src")" test_ref="$(file "test_2016_flickr.$tgt")"

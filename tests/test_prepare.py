@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import toy_pairs, write_pair
-from nmt import pipeline
+from nmt import hub, pipeline
 from nmt.config import load_config
 from nmt.data import Preparation, TokenStore, collate, prepare_corpora
 from nmt.data import prepare as prepare_module
@@ -219,6 +219,7 @@ def test_saved_and_hub_datasets_are_read_as_streams(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(datasets, "load_dataset", load_streaming)
     monkeypatch.setattr(reading, "_hub_revision", lambda name: "0123abc")
+    monkeypatch.setattr(hub, "check_reachable", lambda *args, **kwargs: None)  # no network here
     monkeypatch.setattr(reading, "CHUNK_PAIRS", 40)
     tokenizer = prepare_tokenizer(load_config(None, ["tokenizer.vocab_size=60"]).tokenizer, tmp_path / "spm", src, tgt)
     found = []

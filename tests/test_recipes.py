@@ -13,9 +13,13 @@ from conftest import toy_pairs
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "multi30k.sh"
 
 
-def run_recipe(*args: str) -> subprocess.CompletedProcess:
+# No hub: nothing listens on the discard port of this machine, so every connection is refused at once.
+OFFLINE_ENV = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}
+
+
+def run_recipe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     # The venv's bin first, so the script's `nmt` and `python` are this interpreter's.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     return subprocess.run(["bash", str(RECIPE), *args], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -40,7 +44,34 @@ def test_recipe_end_to_end(tmp_path: Path) -> None:
 
 
 def test_recipe_refuses_bad_arguments(tmp_path: Path) -> None:
-    bad = run_recipe("--src", "en", "--tgt", "fr", "--run-dir", str(tmp_path / "r"))
-    assert bad.returncode == 2 and "give --data-dir for en-fr" in bad.stderr
+    bad = run_recipe("--src", "en", "--tgt", "xx", "--run-dir", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "Multi30k has en, de, fr and cs, not xx" in bad.stderr
+    bad = run_recipe("--hub", "--src", "en", "--tgt", "fr", "--run-dir", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "the hub copy of Multi30k has en and de only" in bad.stderr
+    bad = run_recipe("--hub", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "give --data-dir or --hub, not both" in bad.stderr
     bad = run_recipe("--profile", "tpu", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"))
-    assert bad.returncode == 2 and "--profile must be cpu or gpu" in bad.stderr
+    assert bad.returncode == 2 and "--profile must be quick, cpu or gpu" in bad.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_recipe_hub_option_without_network_is_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_recipe("--hub", "--run-dir", str(run_dir), env=OFFLINE_ENV)
+    assert result.returncode == 1, result.stderr[-2000:]
+    message = result.stderr.strip()
+    assert message.startswith("error: hub:bentrevett/multi30k: cannot reach the Hugging Face hub at http://127.0.0.1:9")
+    assert "\n" not in message and "drop --hub to use the copy of Multi30k shipped in recipes/data/multi30k" in message
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "data").exists()
+
+
+def test_profiles_load_and_the_readme_quickstart_runs_the_quick_one() -> None:
+    from nmt.config import load_config
+
+    recipes = RECIPE.parent
+    for profile in ("quick", "cpu", "gpu"):
+        load_config(recipes / f"multi30k-{profile}.yaml", [])  # unknown keys or bad values would raise
+    readme = (recipes.parent / "README.md").read_text(encoding="utf-8")
+    quickstart = readme[readme.index("## Quickstart"):readme.index("\n## ", readme.index("## Quickstart") + 1)]
+    commands = [line for line in quickstart.splitlines() if line.startswith("recipes/multi30k.sh ")]
+    assert commands and "--profile quick" in commands[0] and "--data-dir" not in commands[0] and "--hub" not in commands[0]

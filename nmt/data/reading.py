@@ -224,15 +224,13 @@ class CorpusSource:
             yield src, tgt
 
     def _hub_chunks(self) -> Iterator[Chunk]:
-        try:
+        from nmt.hub import hub_errors  # records are fetched while iterating: any failure is one line
+
+        with hub_errors(self.spec, what=f"split '{self.split}'"):
             for batch in self._dataset.iter(batch_size=CHUNK_PAIRS):
                 src, tgt = _columns(list(batch), batch.__getitem__, self.spec, self.src_lang, self.tgt_lang)
                 self.done += len(src)
                 yield src, tgt
-        except DataError:
-            raise
-        except Exception as exc:  # the hub client raises many types; report one line
-            raise DataError(f"{self.spec}: reading split '{self.split}' failed ({type(exc).__name__}: {exc})") from None
 
     # -- identity -------------------------------------------------------------------------------
     def content_key(self, memo: "HashMemo") -> str:
@@ -274,13 +272,14 @@ def _columns(names: list[str], column: Callable[[str], list], where: str, src_la
 
 def _hub_revision(name: str) -> str:
     """The hub dataset's current commit, so that a changed dataset is prepared again."""
-    try:
-        from huggingface_hub import HfApi
+    from huggingface_hub import HfApi
 
+    from nmt.hub import hub_errors, offline
+
+    if offline():  # nothing may be sent: the cached copy is what will be read
+        return "offline"
+    with hub_errors(f"hub:{name}", what="its revision"):
         return HfApi().dataset_info(name).sha or ""
-    except Exception as exc:  # the hub client raises many types; report one line
-        raise DataError(f"hub:{name}: cannot reach the dataset on the Hugging Face hub ({type(exc).__name__}); "
-                        "give a local corpus instead") from None
 
 
 def _with_gz(path: Path) -> Path:
@@ -304,13 +303,9 @@ def open_corpus(spec: str, src_lang: str, tgt_lang: str, split: str = "train", h
     Missing files and unreadable datasets are reported here, before any long work starts.
     """
     if spec.startswith("hub:"):
-        import datasets
+        from nmt.hub import load_hub_dataset  # one DataError line for any hub failure, no retry loop offline
 
-        name = spec[4:]
-        try:
-            dataset = datasets.load_dataset(name, hub_config or None, split=split, streaming=True)
-        except Exception as exc:  # the hub client raises many types; report one line
-            raise DataError(f"{spec}: cannot load dataset split '{split}' ({type(exc).__name__}: {exc})") from None
+        dataset = load_hub_dataset(spec[4:], hub_config, split, streaming=True)
         info = getattr(dataset, "info", None)
         splits = getattr(info, "splits", None) or {}
         total = splits[split].num_examples if split in splits else None
