@@ -29,14 +29,31 @@ import torch
 
 from nmt import Translator
 from nmt.data import pad, read_lines
+from nmt.decode import output_limits
 from nmt.evaluate import bleu
 from nmt.export import export_ct2, export_hf, exported_id, nmt_id
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
+def sentence_limits(limits: torch.Tensor, eos: int):
+    """A `generate` logits processor: EOS as the only continuation of a beam row whose sentence is at
+    its output limit (`limits`, one per row, EOS counted), nmt's rule. `max_new_tokens` alone would
+    give every sentence of a batch the longest one's limit, which changes the outputs of a model
+    that runs into its limits."""
+    from transformers import LogitsProcessor
+
+    class SentenceLimits(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            at_limit = (input_ids.size(1) >= limits)[:, None]  # input_ids start with the decoder's start token
+            only_eos = torch.full_like(scores, float("-inf"))
+            only_eos[:, eos] = scores[:, eos]
+            return torch.where(at_limit, only_eos, scores)
+    return SentenceLimits()
+
+
 def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int, batch_size: int,
               bf16: bool) -> Callable[[list[str]], list[str]]:
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM, LogitsProcessorList
 
     model = AutoModelForSeq2SeqLM.from_pretrained(out, attn_implementation="sdpa").to(device).eval()
     if bf16:
@@ -53,11 +70,12 @@ def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             src = pad([[exported_id(t, V) for t in ids[i] + [EOS_ID]] for i in chunk], exported_id(PAD_ID, V)).to(device)
-            longest = src.size(1)
+            limits = output_limits(torch.tensor([len(ids[i]) for i in chunk]), d, translator.config.model.max_positions)
+            processor = sentence_limits(limits.repeat_interleave(beam).to(device), exported_id(EOS_ID, V))
             generated = model.generate(input_ids=src, attention_mask=src != exported_id(PAD_ID, V), num_beams=beam,
                                        do_sample=False, early_stopping=True, length_penalty=d.length_penalty,
-                                       max_new_tokens=min(int(d.max_len_a * (longest - 1)) + d.max_len_b, limit),
-                                       suppress_tokens=[exported_id(BOS_ID, V)])
+                                       max_new_tokens=int(limits.max()), suppress_tokens=[exported_id(BOS_ID, V)],
+                                       logits_processor=LogitsProcessorList([processor]))
             rows = [[t for t in (nmt_id(e, V) for e in row) if t not in (PAD_ID, BOS_ID, EOS_ID)]
                     for row in generated.tolist()]
             for index, text in zip(chunk, tok.decode_tgt(rows)):

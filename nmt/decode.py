@@ -219,7 +219,7 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
         rows, next_tokens = top_rows.gather(1, keep_pos), top_token.gather(1, keep_pos)  # (n, K)
         kept = None
         if n_going < n:  # the sentences that go on, in order, found without asking the device where they are
-            kept = torch.sort(~searching, stable=True).indices[:n_going]
+            kept = torch.argsort((~searching).to(torch.uint8), stable=True)[:n_going]
             rows, next_tokens, scores, alive, count, limits, memory, src_mask = (
                 x.index_select(0, kept) for x in (rows, next_tokens, scores, alive, count, limits, memory, src_mask))
             alive_ids = [index for index, going in zip(alive_ids, going_on) if going]
