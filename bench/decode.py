@@ -17,6 +17,7 @@ import importlib.util
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,14 +29,31 @@ import torch
 
 from nmt import Translator
 from nmt.data import pad, read_lines
+from nmt.decode import output_limits
 from nmt.evaluate import bleu
 from nmt.export import export_ct2, export_hf, exported_id, nmt_id
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
+def sentence_limits(limits: torch.Tensor, eos: int):
+    """A `generate` logits processor: EOS as the only continuation of a beam row whose sentence is at
+    its output limit (`limits`, one per row, EOS counted), nmt's rule. `max_new_tokens` alone would
+    give every sentence of a batch the longest one's limit, which changes the outputs of a model
+    that runs into its limits."""
+    from transformers import LogitsProcessor
+
+    class SentenceLimits(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            at_limit = (input_ids.size(1) >= limits)[:, None]  # input_ids start with the decoder's start token
+            only_eos = torch.full_like(scores, float("-inf"))
+            only_eos[:, eos] = scores[:, eos]
+            return torch.where(at_limit, only_eos, scores)
+    return SentenceLimits()
+
+
 def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int, batch_size: int,
               bf16: bool) -> Callable[[list[str]], list[str]]:
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM, LogitsProcessorList
 
     model = AutoModelForSeq2SeqLM.from_pretrained(out, attn_implementation="sdpa").to(device).eval()
     if bf16:
@@ -52,11 +70,12 @@ def hf_engine(out: Path, translator: Translator, device: torch.device, beam: int
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             src = pad([[exported_id(t, V) for t in ids[i] + [EOS_ID]] for i in chunk], exported_id(PAD_ID, V)).to(device)
-            longest = src.size(1)
+            limits = output_limits(torch.tensor([len(ids[i]) for i in chunk]), d, translator.config.model.max_positions)
+            processor = sentence_limits(limits.repeat_interleave(beam).to(device), exported_id(EOS_ID, V))
             generated = model.generate(input_ids=src, attention_mask=src != exported_id(PAD_ID, V), num_beams=beam,
                                        do_sample=False, early_stopping=True, length_penalty=d.length_penalty,
-                                       max_new_tokens=min(int(d.max_len_a * (longest - 1)) + d.max_len_b, limit),
-                                       suppress_tokens=[exported_id(BOS_ID, V)])
+                                       max_new_tokens=int(limits.max()), suppress_tokens=[exported_id(BOS_ID, V)],
+                                       logits_processor=LogitsProcessorList([processor]))
             rows = [[t for t in (nmt_id(e, V) for e in row) if t not in (PAD_ID, BOS_ID, EOS_ID)]
                     for row in generated.tolist()]
             for index, text in zip(chunk, tok.decode_tgt(rows)):
@@ -102,10 +121,11 @@ def build_engine(name: str, args: argparse.Namespace, work: Path) -> Callable[[l
     name, _, workers = name.partition("_w")
     workers = int(workers or 1)
     if name.startswith("nmt"):
-        quantize = {"nmt_fp32": None, "nmt_int8": "int8", "nmt_bf16": "bf16"}[name]
-        translator = Translator.load(args.model, device=args.device, quantize=quantize)
+        # nmt_fp32 asks for fp32: on CUDA, nmt's default is bf16 (the nmt_bf16 row).
+        translator = Translator.load(args.model, device=args.device, quantize="int8" if name == "nmt_int8" else None,
+                                     precision="bf16" if name == "nmt_bf16" else "fp32")
         return lambda lines: translator.translate(lines, beam=args.beam, workers=workers)
-    ours = Translator.load(args.model, device=args.device)  # the tokenizer and config for the peers
+    ours = Translator.load(args.model, device="cpu")  # the tokenizer and config for the peers
     if name.startswith("hf"):
         return hf_engine(work / "hf", ours, device, args.beam, args.batch_size, bf16=name == "hf_bf16")
     compute_type = {"ct2_fp32": "float32", "ct2_int8": "int8"}[name]
@@ -144,10 +164,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to decode")
     parser.add_argument("--beam", type=int, default=5, help="beam size for every engine")
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch for HF and CTranslate2")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the whole set")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the whole set; the rates are "
+                        "the median round's")
     parser.add_argument("--limit", type=int, default=1000, help="sentences used")
     parser.add_argument("--workers", type=int, default=2, help="on CPU, also rows for nmt and CTranslate2 decoding "
                         "this many batches at once, one thread each; 1: no such rows")
+    parser.add_argument("--engines", default="", help="comma-separated rows to run (e.g. nmt_bf16,hf_fp32,hf_bf16); "
+                        "default: every row for the device")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one engine
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
@@ -160,6 +183,12 @@ def main() -> None:
     export_hf(args.model, work / "hf")
     ours = Translator.load(args.model, device="cpu")
     names, skipped = engine_names(device, args.workers), {}
+    if args.engines:
+        wanted = args.engines.split(",")
+        unknown = [name for name in wanted if name not in names]
+        if unknown:
+            parser.error(f"--engines: {', '.join(unknown)} not among {', '.join(names)}")
+        names = [name for name in names if name in wanted]
     if importlib.util.find_spec("ctranslate2") is None:
         names, skipped["ct2"] = [n for n in names if not n.startswith("ct2")], "ctranslate2 not installed"
     for name, why in skipped.items():
@@ -167,7 +196,7 @@ def main() -> None:
 
     # Every engine runs in a process of its own, engines alternating within each round, so one
     # engine's thread pool or allocator cannot slow the next; loading is not timed.
-    seconds = {name: 0.0 for name in names}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     memory: dict[str, dict[str, int]] = {name: {} for name in names}
     base = [sys.executable, __file__, "--model", str(args.model), "--src", str(args.src), "--ref", str(args.ref),
             "--device", args.device, "--beam", str(args.beam), "--batch-size", str(args.batch_size),
@@ -178,7 +207,7 @@ def main() -> None:
             if done.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
             found = json.loads(done.stdout.strip().splitlines()[-1])
-            seconds[name] += found.pop("seconds")
+            seconds[name].append(found.pop("seconds"))
             for key, value in found.items():
                 memory[name][key] = max(memory[name].get(key, 0), value)
     outputs = {name: read_lines(work / f"{name}.out") for name in names}
@@ -189,31 +218,44 @@ def main() -> None:
         "rounds": args.rounds, "command": " ".join(sys.argv), "engines": {}, "skipped": skipped,
     }
     for name in names:
-        per_round = seconds[name] / args.rounds
+        middle = statistics.median(seconds[name])  # the median round: one slow round (another process) does not count
         target_tokens = sum(len(ids) + 1 for ids in ours.tokenizer.encode_tgt(outputs[name]))
-        result["engines"][name] = {"sentences_per_s": round(len(src) / per_round, 1),
-                                   "target_tokens_per_s": round(target_tokens / per_round),
-                                   **memory[name], "bleu": round(bleu(outputs[name], refs), 2)}
-    rows = result["engines"]
-    result["ratio_nmt_over_hf"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["hf_fp32"]["sentences_per_s"], 2)
-    if "ct2_fp32" in rows:
-        result["ratio_nmt_over_ct2_fp32"] = round(rows["nmt_fp32"]["sentences_per_s"] / rows["ct2_fp32"]["sentences_per_s"], 2)
-    parallel = f"nmt_fp32_w{args.workers}"
-    if parallel in rows:  # each engine at its best setting here: fp32, workers or not
-        best = lambda prefix: max(v["sentences_per_s"] for k, v in rows.items() if k.startswith(prefix))  # noqa: E731
-        result["ratio_nmt_workers_over_hf"] = round(rows[parallel]["sentences_per_s"] / rows["hf_fp32"]["sentences_per_s"], 2)
-        if "ct2_fp32" in rows:
-            result["ratio_best_nmt_fp32_over_best_ct2_fp32"] = round(best("nmt_fp32") / best("ct2_fp32"), 2)
-            result["ratio_best_nmt_int8_over_best_ct2_int8"] = round(best("nmt_int8") / best("ct2_int8"), 2)
-    if "ct2_int8" in rows and "nmt_int8" in rows:
-        result["ratio_nmt_int8_over_ct2_int8"] = round(rows["nmt_int8"]["sentences_per_s"] / rows["ct2_int8"]["sentences_per_s"], 2)
-    if "hf_bf16" in rows:
-        result["ratio_nmt_bf16_over_hf_bf16"] = round(rows["nmt_bf16"]["sentences_per_s"] / rows["hf_bf16"]["sentences_per_s"], 2)
-    result["bleu_gap_nmt_minus_hf"] = round(rows["nmt_fp32"]["bleu"] - rows["hf_fp32"]["bleu"], 2)
+        result["engines"][name] = {
+            "sentences_per_s": round(len(src) / middle, 1), "target_tokens_per_s": round(target_tokens / middle),
+            "rounds_sentences_per_s": [round(len(src) / t, 1) for t in seconds[name]], **memory[name],
+            "bleu": round(bleu(outputs[name], refs), 2)}
+        if "hf_fp32" in outputs:  # the same search on the same weights: how many lines come out otherwise
+            result["engines"][name]["lines_unlike_hf_fp32"] = sum(a != b for a, b in zip(outputs[name], outputs["hf_fp32"]))
+    result.update(ratios(result["engines"], args.workers))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
+
+def ratios(rows: dict[str, dict], workers: int) -> dict[str, float]:
+    """Sentences/s ratios between the rows that ran."""
+    rate = {name: row["sentences_per_s"] for name, row in rows.items()}
+    found: dict[str, float] = {}
+
+    def add(key: str, ours: str | float | None, theirs: str | float | None) -> None:
+        ours, theirs = rate.get(ours, ours), rate.get(theirs, theirs)  # type: ignore[arg-type]
+        if isinstance(ours, float) and isinstance(theirs, float):
+            found[key] = round(ours / theirs, 2)
+
+    def best(prefix: str) -> float | None:  # each engine at its best setting here: workers or not
+        return max((v for k, v in rate.items() if k.startswith(prefix)), default=None)
+    add("ratio_nmt_over_hf", "nmt_fp32", "hf_fp32")
+    add("ratio_nmt_over_ct2_fp32", "nmt_fp32", "ct2_fp32")
+    add("ratio_nmt_workers_over_hf", f"nmt_fp32_w{workers}", "hf_fp32")
+    add("ratio_best_nmt_fp32_over_best_ct2_fp32", best("nmt_fp32"), best("ct2_fp32"))
+    add("ratio_best_nmt_int8_over_best_ct2_int8", best("nmt_int8"), best("ct2_int8"))
+    add("ratio_nmt_int8_over_ct2_int8", "nmt_int8", "ct2_int8")
+    add("ratio_nmt_bf16_over_hf_bf16", "nmt_bf16", "hf_bf16")
+    # Each engine's default on a GPU: nmt decodes in bf16, HF `generate` in the model's fp32.
+    add("ratio_nmt_default_over_hf_default", "nmt_bf16", "hf_fp32")
+    if "nmt_fp32" in rows and "hf_fp32" in rows:
+        found["bleu_gap_nmt_minus_hf"] = round(rows["nmt_fp32"]["bleu"] - rows["hf_fp32"]["bleu"], 2)
+    return found
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,15 @@ app.add_typer(tokenizer_app, name="tokenizer")
 
 T = TypeVar("T")
 DECODE_SET_HELP = ("Override a decoding setting of the model's config, e.g. --set decode.length_penalty=0.6 "
-                   "(repeatable; keys: beam, length_penalty, max_len_a, max_len_b, max_tokens).")
+                   "(repeatable; keys: beam, length_penalty, max_len_a, max_len_b, max_tokens, precision).")
+PRECISION_HELP = ("Decoding dtype: fp32 or bf16 (scores are summed in fp32 either way); default: the model's "
+                  "decode.precision, whose auto is bf16 on CUDA and fp32 on CPU.")
 _state = {"verbose": False}
+
+
+def _with_precision(decode: dict, precision: Optional[str]) -> dict:
+    """The decode overrides with --precision's value, when given."""
+    return {**decode, "precision": precision} if precision is not None else decode
 
 
 def _run(job: Callable[[], T]) -> T:
@@ -109,7 +116,8 @@ def translate(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     nbest: Annotated[int, typer.Option(help="Hypotheses per line; above 1 prints 'INDEX ||| TEXT ||| SCORE' lines.")] = 1,
     quantize: Annotated[Optional[str], typer.Option(help="int8: dynamic int8 quantization of linear layers (CPU); "
-                                                         "bf16: bfloat16 weights and activations (GPU).")] = None,
+                                                         "bf16: the same as --precision bf16.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
     workers: Annotated[int, typer.Option(help="CPU decoding processes of one thread each, e.g. one per core "
                                               "(2 on 2 cores: ~10% faster than 1); output unchanged.")] = 1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP)] = None,
@@ -124,7 +132,7 @@ def translate(
     elif input is None and sys.stdin.isatty():  # would otherwise wait without a word
         typer.echo(f"reading sentences from the terminal, one a line, for {output}; end with Ctrl-D", err=True)
     _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize, workers=workers,
-                                decode=decode_overrides(set_ or []), interactive=interactive))
+                                decode=_with_precision(decode_overrides(set_ or []), precision), interactive=interactive))
 
 
 @app.command("eval")
@@ -138,6 +146,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (with --model).")] = "auto",
     output: Annotated[Optional[Path], typer.Option(help="Also write the translations here (with --model).")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="int8 (CPU) or bf16 (GPU) inference, with --model.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP + " With --model.")] = None,
     workers: Annotated[int, typer.Option(help="CPU decoding processes with --model (see `nmt translate`).")] = 1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP + " With --model.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Add each score's 95% confidence interval from this many bootstrap "
@@ -165,7 +174,8 @@ def evaluate(
             if set_:
                 raise NMTError("--set changes decoding, so it goes with --model DIR --src FILE, not --hyp")
             return evaluate_files(hyp, ref, bootstrap, baseline)
-        return evaluate_model(model, src, ref, beam, device, output, quantize, workers, decode_overrides(set_ or []),
+        return evaluate_model(model, src, ref, beam, device, output, quantize, workers,
+                              _with_precision(decode_overrides(set_ or []), precision),
                               bootstrap, baseline)
 
     scores = _run(job)

@@ -95,6 +95,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this many minutes of training in this invocation (checked every log_every updates); 0: no bound
     valid_every: int = 1000  # validate (loss and BLEU) every this many updates
     valid_bleu_sentences: int = 0  # sentences of the validation set decoded for BLEU; 0 means all
+    valid_bleu_seconds: float = 0.0  # bound on BLEU decoding: the first validation decodes for about this long, later ones the same sentences; 0: no bound
     patience: int = 0  # stop after this many validations without a BLEU gain; 0 disables early stopping
     save_every: int = 1000  # write a checkpoint every this many updates
     keep_last: int = 5  # step checkpoints kept on disk
@@ -114,7 +115,8 @@ class DecodeConfig:
     length_penalty: float = 1.0  # hypothesis score is log-probability / length**length_penalty
     max_len_a: float = 1.5  # output length limit is max_len_a * source_length + max_len_b
     max_len_b: int = 10  # see max_len_a
-    max_tokens: int = 6000  # source-token budget of one decoding batch
+    max_tokens: int = 0  # budget of one decoding batch, source tokens x beam; 0: 6,000 on CPU, 60,000 on CUDA
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16: the model's dtype when decoding; scores are summed in fp32
     nbest: int = 1  # hypotheses returned per sentence
 
 
@@ -300,6 +302,7 @@ def validate(config: Config) -> None:
         (t.max_steps > 0, f"train.max_steps must be > 0, got {t.max_steps}"),
         (t.valid_every > 0 and t.save_every > 0 and t.log_every > 0, "train.valid_every, save_every and log_every must be > 0"),
         (t.keep_last >= 1, f"train.keep_last must be >= 1, got {t.keep_last}"),
+        (t.valid_bleu_seconds >= 0, f"train.valid_bleu_seconds must be >= 0, got {t.valid_bleu_seconds}"),
         (t.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {t.max_nonfinite}"),
         (t.loader_workers >= -1, f"train.loader_workers must be >= -1, got {t.loader_workers}"),
         (0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}"),
@@ -308,7 +311,8 @@ def validate(config: Config) -> None:
         (d.beam >= 1, f"decode.beam must be >= 1, got {d.beam}"),
         (1 <= d.nbest <= d.beam, f"decode.nbest must be between 1 and decode.beam ({d.beam}), got {d.nbest}"),
         (d.max_len_a >= 0 and d.max_len_b >= 1, "decode.max_len_a must be >= 0 and decode.max_len_b >= 1"),
-        (d.max_tokens > 0, f"decode.max_tokens must be > 0, got {d.max_tokens}"),
+        (d.max_tokens >= 0, f"decode.max_tokens must be >= 0 (0: chosen for the device), got {d.max_tokens}"),
+        (d.precision in ("auto", "fp32", "bf16"), f"decode.precision must be auto, fp32 or bf16, got {d.precision!r}"),
         (config.data.max_tokens_per_side >= 1, "data.max_tokens_per_side must be >= 1"),
         (config.data.workers >= 0, f"data.workers must be >= 0, got {config.data.workers}"),
         (all(c.path.strip() for c in config.data.train), "data.train: a corpus path is empty"),

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, TextIO
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from nmt import checkpoint, distributed
 from nmt.config import Config, DecodeConfig, from_dict, merge, save_config, to_dict, validate
 from nmt.data import Preparation, TrainingData, cache_root, check_output_path, read_corpus, read_lines
-from nmt.decode import translate_ids
+from nmt.decode import decoding_dtype, decoding_model, translate_ids
 from nmt.errors import CheckpointError, ConfigError, NMTError
 from nmt.evaluate import bleu, score
 from nmt.model import Transformer, count_parameters
@@ -34,10 +35,10 @@ CONFIG_FILE = "config.yaml"
 # difference from the stored config means another experiment, which belongs in another run dir.
 SAFE_ON_RESUME = {
     "data": {"valid", "valid_split", "cache_dir", "workers"},
-    "train": {"max_steps", "max_epochs", "max_minutes", "valid_every", "valid_bleu_sentences", "patience",
+    "train": {"max_steps", "max_epochs", "max_minutes", "valid_every", "valid_bleu_sentences", "valid_bleu_seconds", "patience",
               "save_every", "keep_last", "log_every", "device", "precision", "threads", "compile", "loader_workers",
               "max_nonfinite"},
-    "decode": {"beam", "length_penalty", "max_len_a", "max_len_b", "max_tokens", "nbest"},
+    "decode": {"beam", "length_penalty", "max_len_a", "max_len_b", "max_tokens", "nbest", "precision"},
 }
 
 
@@ -166,11 +167,7 @@ def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
         pairs = [(s.strip(), t.strip()) for s, t in zip(valid_src, valid_tgt) if s.strip() and t.strip()]
         valid = ValidSet(tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs]))
         limit = config.train.valid_bleu_sentences or len(pairs)
-        bleu_src, bleu_ref = [s for s, _ in pairs[:limit]], [t for _, t in pairs[:limit]]
-
-        def valid_bleu(m: Transformer) -> float:
-            return bleu(_translate_texts(m, tokenizer, bleu_src, config.decode, device), bleu_ref)
-        bleu_fn = valid_bleu
+        bleu_fn = _validation_bleu(config, tokenizer, device, [s for s, _ in pairs[:limit]], [t for _, t in pairs[:limit]])
     trainer = Trainer(model, config.train, run_dir, corpus, valid, bleu_fn, device)
     if latest is not None:
         trainer.resume(latest)
@@ -178,6 +175,40 @@ def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
     p = trainer.progress
     return {"run_dir": str(run_dir), "step": p.step, "epoch": p.epoch, "best_valid_bleu": p.best_bleu,
             "train_minutes": round(p.train_seconds / 60, 2), "stopped": reason, "rank": distributed.rank()}
+
+
+# Validation sentences decoded at a time when train.valid_bleu_seconds bounds the decoding.
+VALID_CHUNK = 128
+
+
+def _validation_bleu(config: Config, tokenizer: Tokenizer, device: torch.device, src: list[str],
+                     ref: list[str]) -> Callable[[Transformer], float]:
+    """The validation BLEU of a model being trained, decoded in the training precision: bf16 where
+    training autocasts to it (a bf16 copy of the weights, as `nmt translate` decodes on a GPU).
+
+    With train.valid_bleu_seconds, the first validation decodes the sentences in order, VALID_CHUNK
+    at a time, until that time is spent, and later ones decode the same sentences, so that their
+    scores compare (and take less time: a model early in training writes longer outputs). A resumed
+    run measures again.
+    """
+    t = config.train
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    decode = dataclasses.replace(config.decode, precision="bf16" if bf16 else "fp32")
+    chosen = [0 if t.valid_bleu_seconds else len(src)]  # sentences decoded; 0: not measured yet
+
+    def valid_bleu(model: Transformer) -> float:
+        model = decoding_model(model, decode.precision, device)  # once per validation, not per chunk
+        if chosen[0]:
+            return bleu(_translate_texts(model, tokenizer, src[:chosen[0]], decode, device), ref[:chosen[0]])
+        hyps, start = [], time.perf_counter()
+        while len(hyps) < len(src) and (not hyps or time.perf_counter() - start < t.valid_bleu_seconds):
+            hyps += _translate_texts(model, tokenizer, src[len(hyps):len(hyps) + VALID_CHUNK], decode, device)
+        chosen[0] = len(hyps)
+        if len(hyps) < len(src):
+            log.info("validation BLEU on the first %d of %d sentences (train.valid_bleu_seconds=%g)",
+                     len(hyps), len(src), t.valid_bleu_seconds)
+        return bleu(hyps, ref[:len(hyps)])
+    return valid_bleu
 
 
 def _quantize_int8(model: Transformer) -> Transformer:
@@ -205,27 +236,39 @@ class Translator:
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "auto", quantize: Optional[str] = None) -> "Translator":
+    def load(cls, model_dir: str | Path, device: str = "auto", quantize: Optional[str] = None,
+             precision: Optional[str] = None) -> "Translator":
         """Load a run directory for translation.
 
-        quantize="int8" applies dynamic int8 quantization to the linear layers (CPU); "bf16" runs the
-        model in bfloat16 (for GPUs; beam scores are still accumulated in fp32).
+        precision ("auto", "fp32" or "bf16"; None: the run's decode.precision) is the dtype the model
+        decodes in; auto is bf16 on CUDA and fp32 on a CPU, and beam scores are summed in fp32 either
+        way. quantize="int8" applies dynamic int8 quantization to the linear layers (CPU, fp32);
+        quantize="bf16" is precision="bf16".
         """
         model_dir = Path(model_dir)
         config_path = model_dir / CONFIG_FILE
         if not config_path.is_file():
             raise CheckpointError(f"{model_dir}: no {CONFIG_FILE}; is this a run directory made by `nmt train`?")
         config = _read_stored_config(config_path)
+        if quantize == "bf16":
+            quantize, precision = None, "bf16"
+        precision = precision or config.decode.precision
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--precision (decode.precision) must be auto, fp32 or bf16, got {precision!r}")
         tokenizer = load_tokenizer(model_dir)
         torch_device = resolve_device(device)
+        dtype = decoding_dtype(precision, torch_device)
+        if quantize is not None and (quantize != "int8" or torch_device.type != "cpu"):
+            raise ConfigError(f"--quantize {quantize!r}: int8 (on --device cpu) or bf16 are supported")
+        if quantize is not None and dtype != torch.float32:
+            raise ConfigError(f"--quantize {quantize} quantizes an fp32 model, not {precision}; use --precision fp32")
         model = build_model(config, tokenizer)
         checkpoint.load_checkpoint_weights(model, checkpoint.inference_checkpoint(model_dir))
-        model = model.to(torch_device).eval()
-        if quantize == "bf16":
-            model = model.to(torch.bfloat16)
-        elif quantize is not None:
-            if quantize != "int8" or torch_device.type != "cpu":
-                raise ConfigError(f"--quantize {quantize!r}: int8 (on --device cpu) or bf16 are supported")
+        model = model.to(torch_device, dtype).eval()
+        # The Translator's settings name the dtype it decodes in (see `settings`).
+        config = dataclasses.replace(config, decode=dataclasses.replace(
+            config.decode, precision="bf16" if dtype == torch.bfloat16 else "fp32"))
+        if quantize is not None:
             if model.output is None:  # the tied output projection is the largest matmul: quantize a copy of it too
                 model.output = torch.nn.Linear(model.config.d_model, tokenizer.tgt_vocab_size, bias=False)
                 model.output.weight = torch.nn.Parameter(model.tgt_embed.tokens.weight.detach().clone())
@@ -237,6 +280,10 @@ class Translator:
         keys (converted and checked like a config's) and `beam`. Raises ConfigError for a bad one."""
         config = merge({"decode": {**(decode or {}), **({"beam": beam} if beam is not None else {})}}, self.config)
         validate(config)
+        chosen, loaded = decoding_dtype(config.decode.precision, self.device), decoding_dtype(self.config.decode.precision, self.device)
+        if chosen != loaded:  # the weights are cast once, when loaded
+            raise ConfigError(f"decode.precision={config.decode.precision}: this model was loaded in "
+                              f"{self.config.decode.precision}; load it with that precision (--precision)")
         return config.decode
 
     def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False,
@@ -354,7 +401,7 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
         raise ConfigError(f"--nbest must be between 1 and the beam size, got {nbest}")
     if output_path is not None:
         check_output_path(output_path)  # before the translating, not after it
-    translator = Translator.load(model_dir, device, quantize)
+    translator = Translator.load(model_dir, device, quantize, decode.get("precision"))
     settings = translator.settings(beam, decode)  # a bad setting stops here, before reading the input
 
     def render(lines: list[str], first: int = 0, progress: Optional[Callable[[int], None]] = None) -> list[str]:
@@ -461,7 +508,7 @@ def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Pa
     for path, stream in zip([*ref_paths, baseline_path], [*refs, baseline]):
         if stream is not None and len(src) != len(stream):
             raise NMTError(f"{src_path} has {len(src)} lines but {path} has {len(stream)}; they must be line-aligned")
-    translator = Translator.load(model_dir, device, quantize)
+    translator = Translator.load(model_dir, device, quantize, decode.get("precision"))
     settings = translator.settings(beam, decode)
     hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers, **decode)
     if output_path is not None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from nmt.config import load_config
-from nmt.decode import beam_search, greedy_search, output_limits, top_k, translate_ids
+from nmt.decode import beam_search, decoding_dtype, decoding_model, greedy_search, output_limits, top_k, translate_ids
 from nmt.model import Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -132,3 +133,33 @@ def test_chunked_top_k_equals_topk() -> None:
         assert torch.equal(values.sort(-1).values, x.topk(k).values.sort(-1).values)
         assert torch.equal(x.gather(1, columns), values)
         assert all(len(set(row)) == k for row in columns.tolist())  # no column twice
+
+
+def test_decoding_in_another_precision_copies_the_model() -> None:
+    """A model whose weights are fp32 decodes in bf16 through a copy; the model itself is left as it was."""
+    model, srcs = make_model(), sources(5, seed=2)
+    config = load_config(None, ["decode.beam=2", "decode.precision=bf16"]).decode
+    assert decoding_model(model, "fp32", "cpu") is model and decoding_model(model, "auto", "cpu") is model
+    assert decoding_dtype("auto", "cuda") == torch.bfloat16 and decoding_dtype("fp32", "cuda") == torch.float32
+    found = translate_ids(model, srcs, config)
+    assert len(found) == 5 and all(isinstance(h[0].score, float) for h in found)
+    assert model.tgt_embed.tokens.weight.dtype == torch.float32
+
+
+def test_a_batch_out_of_memory_is_decoded_in_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of GPU memory, a batch is split until its parts fit; the translations are the same."""
+    import nmt.decode
+
+    model, srcs = make_model(), sources(9, seed=7)
+    config = load_config(None, ["decode.beam=3"]).decode
+    expected = [h[0].tokens for h in translate_ids(model, srcs, config)]
+    decode_batch, sizes = nmt.decode._decode_batch, []
+
+    def small_memory(model, src, *args):
+        sizes.append(src.size(0))
+        if src.size(0) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decode_batch(model, src, *args)
+    monkeypatch.setattr(nmt.decode, "_decode_batch", small_memory)
+    assert [h[0].tokens for h in translate_ids(model, srcs, config)] == expected
+    assert sizes[:3] == [9, 4, 2] and sum(s for s in sizes if s <= 2) == 9  # every sentence decoded once

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from nmt.decode import batch_budget
 from nmt.pipeline import Translator
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,12 @@ class DecodingLoop:
     """A queue of sentences and the thread that decodes them for one `Translator`.
 
     `max_tokens` is the source-token budget of a batch (times the beam), as `decode.max_tokens`;
-    None takes the model's own setting.
+    None takes the model's own setting (its 0: the device's default, as in `nmt translate`).
     """
 
     def __init__(self, translator: Translator, max_tokens: Optional[int] = None, name: str = "decode") -> None:
         self.translator = translator
-        self.max_tokens = max_tokens or translator.config.decode.max_tokens
+        self.max_tokens = max_tokens or batch_budget(translator.config.decode.max_tokens, translator.device)
         self.max_source = translator.config.model.max_positions - 1  # longer inputs are truncated
         self._queue: deque[_Sentence] = deque()
         self._wake = threading.Condition()
