@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from nmt import checkpoint, distributed
+from nmt import checkpoint, distributed, optim
 from nmt.config import TrainConfig
 from nmt.data import TokenizedCorpus, collate, make_batches
 from nmt.errors import TrainingError
@@ -137,6 +137,34 @@ def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def compiles(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the model runs under torch.compile: `train.compile`, where `auto` means on CUDA only.
+
+    On CUDA the compiled step fuses the element-wise work between the matrix multiplies into a few
+    kernels, where eager mode launches one per operator; on a CPU inductor's kernels measured no
+    faster than eager's (bench/README.md), and compiling costs a minute or more up front.
+    """
+    return device.type == "cuda" if config.compile == "auto" else bool(config.compile)
+
+
+def compile_model(net: torch.nn.Module, backend: str | Callable = "inductor") -> Callable[..., torch.Tensor]:
+    """`net` under torch.compile with dynamic shapes: one graph (encoder and decoder) for batches of any size.
+
+    Sizes that happen to be equal in a batch (its source and target lengths, say) are not taken to
+    be equal always (dynamo's "duck sizing"), which would compile again at the next batch where they
+    differ, and again at each new coincidence. A batch of one sentence compiles once more (dynamo
+    specialises sizes of 1).
+    """
+    from torch.fx.experimental import _config as shape_config
+
+    compiled = torch.compile(net, dynamic=True, backend=backend)
+
+    def run(*args, **kwargs) -> torch.Tensor:
+        with shape_config.patch(use_duck_shape=False):
+            return compiled(*args, **kwargs)
+    return run
+
+
 @dataclass
 class Progress:
     """Where a run stands; saved in every checkpoint so a resumed run continues exactly."""
@@ -228,19 +256,21 @@ class Trainer:
         self.model, self.config, self.run_dir = model.to(device), config, run_dir
         self.corpus, self.valid, self.bleu, self.device = corpus, valid, bleu, device
         self.world, self.rank = distributed.world_size(), distributed.rank()
-        # Under torchrun the model runs wrapped in DDP, which averages gradients over ranks.
-        self.net = model if self.world == 1 else DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-        if config.compile:  # dynamic shapes: batches of new lengths do not recompile
-            self.net = torch.compile(self.net, dynamic=True)
-        # Fused AdamW (CPU and CUDA) is the fastest, and it can skip an update on the device's own
-        # verdict (`found_inf`), so a non-finite loss needs no host-device synchronisation per step.
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                           weight_decay=config.weight_decay, eps=1e-8, fused=True)
+        # Under torchrun the model runs wrapped in DDP, which averages gradients over ranks. The
+        # position tables are constants, so DDP need not broadcast buffers before each forward, and
+        # the gradients live in its all-reduce buckets instead of beside them.
+        self.ddp = None if self.world == 1 else DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            gradient_as_bucket_view=True)
+        self.net = self.ddp or model
+        if compiles(config, device):
+            self.net = compile_model(self.net)
+        self.parameters = list(model.parameters())
+        self.optimizer = optim.adamw(self.parameters, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, inverse_sqrt(config.warmup_steps))
         self.progress = Progress()
-        # The moving average of the weights lives in a second model, so it saves and loads like one.
-        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if config.ema_decay else None
+        self.ema = optim.MovingAverage(model, config.ema_decay) if config.ema_decay else None
+        self.writer = checkpoint.BackgroundWriter()
         self.src_lengths = [len(s) for s in corpus.src]
         self.tgt_lengths = [len(t) for t in corpus.tgt]
         self.metrics = run_dir / "metrics.jsonl"
@@ -255,18 +285,18 @@ class Trainer:
             "torch_rng": distributed.gather(torch.get_rng_state()),
             "cuda_rng": distributed.gather(torch.cuda.get_rng_state() if self.device.type == "cuda" else torch.zeros(0)),
             "python_rng": json.dumps(random.getstate()),
-            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"ema": self.ema.model.state_dict()} if self.ema is not None else {}),
         }
 
     def resume(self, path: Path) -> None:
         """Restore weights, optimizer, scheduler, progress and RNG states from a step directory."""
         checkpoint.load_checkpoint_weights(self.model, path)
         state = checkpoint.load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(optim.upgrade_optimizer_state(state["optimizer"], self.model))
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            self.ema.model.load_state_dict(state["ema"])
         if len(state["torch_rng"]) == self.world:
             torch.set_rng_state(state["torch_rng"][self.rank])
             if self.device.type == "cuda" and state["cuda_rng"][self.rank].numel():
@@ -280,12 +310,32 @@ class Trainer:
         log.info("resumed from %s (step %d, epoch %d)", path, self.progress.step, self.progress.epoch)
 
     def save(self) -> None:
-        """Collective under DDP (every rank's RNG state is gathered); only rank 0 writes."""
+        """Collective under DDP (every rank's RNG state is gathered); only rank 0 writes.
+
+        The write happens in the background from a copy of the state taken now (`checkpoint.host_copy`),
+        so the next updates run meanwhile; `self.writer.wait()` waits for it.
+        """
         state = self.state()
-        if self.rank == 0:
-            checkpoint.save_checkpoint(self.run_dir, self.progress.step, self.model, state, self.config.keep_last)
-            if self.ema is not None:
-                checkpoint.save_ema(self.run_dir, self.progress.step, self.ema)
+        if self.rank != 0:
+            return
+        step, config, run_dir = self.progress.step, self.config, self.run_dir
+        weights = checkpoint.host_copy(self.model.state_dict())
+        state = checkpoint.host_copy(state)
+        ema = state["ema"] if self.ema is not None else None
+
+        def write() -> None:
+            checkpoint.save_checkpoint(run_dir, step, checkpoint.weights_of(weights), state, config.keep_last)
+            if ema is not None:
+                checkpoint.save_ema(run_dir, step, checkpoint.weights_of(ema))
+        self.writer.submit(write, after=self._copied())
+
+    def _copied(self):
+        """On CUDA, an event after the copies to the host queued so far, for the writer to wait on."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
 
     def _log(self, record: dict) -> None:
         if self.rank != 0:
@@ -332,54 +382,49 @@ class Trainer:
         Nothing here waits for the device: a non-finite loss or gradient makes the fused optimizer
         skip the update on the device, and the returned figures say so when they are read. Returns
         None when the update was skipped because even single sentences ran out of memory.
+
+        The gradients are summed over target tokens (and ranks); their division by the number of
+        target tokens of all ranks happens in the optimizer step (`optim.step`). So that number, with
+        the losses, takes one all-reduce after the backward instead of one before the forward.
         """
         self.model.train()
         collated = collated or collate_group(self.corpus, group, self.model.start_id)
-        counts = collated["counts"].to(self.device, non_blocking=True, copy=True)
-        if self.world > 1:  # summed over ranks on the device; the host never waits for it
-            counts = distributed.sum_(counts)
-            n_target = counts[0].float()
-        else:
-            n_target = int(collated["counts"][0])
         try:
-            total_loss, total_nll = self._accumulate(collated["inputs"], n_target)
+            losses = self._accumulate(collated["inputs"])
         except torch.OutOfMemoryError:
             if self.world > 1:  # ranks cannot retry on their own without deadlocking the others
                 raise TrainingError(f"out of memory at step {self.progress.step} on rank {self.rank}; "
                                     "lower train.max_tokens and raise train.accum_steps") from None
             return self._after_out_of_memory(group)
-        totals = distributed.sum_(torch.stack([total_loss, total_nll]).double())
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm or math.inf)
-        applied = torch.isfinite(totals).all() & torch.isfinite(norm)
-        self.optimizer.found_inf = (~applied).float()  # 1: the fused step leaves weights and moments as they are
-        self.optimizer.step()
+        counts = collated["counts"].to(self.device, non_blocking=True, copy=True)
+        totals = distributed.sum_(torch.cat([losses.double(), counts]))  # loss, NLL, target tokens, all tokens
+        applied = optim.step(self.optimizer, self.parameters, totals[2], self.config.clip_norm,
+                             torch.isfinite(totals[:2]).all())
         self.scheduler.step()
         if self.ema is not None:
-            with torch.no_grad():
-                rate = applied.float() * (1.0 - self.config.ema_decay)
-                for average, weight in zip(self.ema.parameters(), self.model.parameters()):
-                    average.lerp_(weight, rate)
+            self.ema.update(applied)
         self.optimizer.zero_grad(set_to_none=True)
-        figures = torch.cat([totals, applied.double().view(1), counts])  # all float64, on the device
+        figures = torch.cat([totals[:2], applied.double().view(1), totals[2:]])  # all float64, on the device
         return Update(self.progress.step + 1, figures)
 
-    def _accumulate(self, inputs: list[dict[str, torch.Tensor]], n_target) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and backward over each batch; gradients sum to those of the loss per target token.
+    def _accumulate(self, inputs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Forward and backward over each batch; the gradients sum to those of the summed loss over all ranks.
 
-        `n_target` counts the target tokens of all ranks (a device tensor under DDP); DDP averages
-        gradients over ranks, so each rank scales its loss by the world size to get the sum over the
-        global batch. Returns the summed loss and NLL of this rank's batches, on the device.
+        DDP averages gradients over ranks, so each rank scales its loss by the world size. Returns the
+        summed loss and NLL of this rank's batches (2,), on the device. One autocast region for all
+        batches: the weights are cast to its dtype once per update, not once per batch.
         """
-        total_loss = total_nll = torch.zeros((), device=self.device)
-        for index, x in enumerate(inputs):
-            x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
-            last = index == len(inputs) - 1
-            with self._autocast(), (nullcontext() if last or self.world == 1 else self.net.no_sync()):
-                loss, nll = self._batch_loss(self.net, x, self.config.label_smoothing)
-                (loss * self.world / n_target).backward()
-            total_loss = total_loss + loss.detach().float()
-            total_nll = total_nll + nll.float()
-        return total_loss, total_nll
+        totals = None
+        with self._autocast():
+            for index, x in enumerate(inputs):
+                x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
+                last = index == len(inputs) - 1
+                with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                    loss, nll = self._batch_loss(self.net, x, self.config.label_smoothing)
+                    (loss * self.world if self.world > 1 else loss).backward()
+                batch = torch.stack([loss.detach(), nll])
+                totals = batch if totals is None else totals + batch
+        return totals
 
     def _batch_loss(self, net: torch.nn.Module, x: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss and NLL of one collated batch (on the device) through `net`, the model or its wrapper."""
@@ -494,6 +539,9 @@ class Trainer:
                         self._checkpoint(started)
                         last_saved = p.step
                     reason = self._stop_reason(started)
+        except BaseException:
+            self._wait_for_writer_quietly()  # the error in hand is the one to report
+            raise
         finally:
             bar.close()  # also when an error stops the run, so the terminal line is finished
             del stream  # stops the loader's worker processes
@@ -502,12 +550,19 @@ class Trainer:
             self.validate()
         if p.step != last_saved or p.step == 0:
             self._checkpoint(started)
+        self.writer.wait()  # the last checkpoint is on disk before the run says it stopped
         self._log({"step": p.step, "event": "stop", "reason": reason})
         if reason == INTERRUPTED:
             log.warning("interrupted at step %d, saved there; run the same command to resume", p.step)
             raise KeyboardInterrupt
         log.info("stopped at step %d: %s", p.step, reason)
         return reason
+
+    def _wait_for_writer_quietly(self) -> None:
+        try:
+            self.writer.wait()
+        except Exception as exc:  # noqa: BLE001 (logged; another error is on its way up)
+            log.error("writing a checkpoint failed too: %s", exc)
 
     def _settle(self, pending: list[Update], window: dict) -> None:
         """Read the pending updates' figures (one host-device synchronisation) and account for them in order.
@@ -532,6 +587,7 @@ class Trainer:
             self._log({"step": step, "event": "update_skipped", "in_a_row": p.nonfinite})
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, p.nonfinite)
             if p.nonfinite >= self.config.max_nonfinite:
+                self.writer.wait()
                 latest = checkpoint.latest_checkpoint(self.run_dir)
                 kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written"
                 raise TrainingError(f"the loss or gradient was not finite for {p.nonfinite} updates in a row at step "
@@ -592,7 +648,9 @@ class Trainer:
             record["valid_bleu"] = bleu
             if bleu > p.best_bleu:
                 p.best_bleu, p.bad_validations = bleu, 0
-                checkpoint.save_best(self.run_dir, p.step, self.model, {"valid_bleu": f"{bleu:.2f}"})
+                weights = checkpoint.weights_of(checkpoint.host_copy(self.model.state_dict()))
+                self.writer.submit(functools.partial(checkpoint.save_best, self.run_dir, p.step, weights,
+                                                     {"valid_bleu": f"{bleu:.2f}"}), after=self._copied())
             else:
                 p.bad_validations += 1
         self._log(record)

@@ -14,7 +14,7 @@ from nmt.data import collate, tokenize_corpus
 from nmt.errors import CheckpointError
 from nmt.model import Transformer
 from nmt.tokenizer import PAD_ID, prepare_tokenizer
-from nmt.train import Trainer, inverse_sqrt, label_smoothed_loss
+from nmt.train import Trainer, compile_model, inverse_sqrt, label_smoothed_loss
 
 
 def test_label_smoothed_loss_and_gradients_match_the_definition() -> None:
@@ -229,6 +229,37 @@ def test_average_of_the_last_checkpoints(tmp_path: Path) -> None:
         checkpoint.average_checkpoints(tmp_path, 4)
 
 
+def test_training_forward_compiles_to_one_graph() -> None:
+    """Under torch.compile(dynamic=True) encoder and decoder trace into one graph, without a graph break,
+    and batches of 50 random shapes compile at most twice more (a batch of one sentence compiles once more)."""
+    import random
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    graphs = []
+
+    def counting_backend(graph, example_inputs):  # no inductor: the graphs run as traced
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    config = load_config(None, ["model.preset=tiny", "model.norm_first=false"])
+    model = Transformer(config.model, 40, 40).train()
+    compiled = compile_model(model, backend=counting_backend)
+    rng = random.Random(0)
+    for _ in range(50):
+        B, S, T = rng.choice([1, *range(2, 9)]), rng.randint(2, 12), rng.randint(2, 12)  # a source holds EOS and more
+        src, tgt = torch.randint(1, 40, (B, S)), torch.randint(1, 40, (B, T))
+        keep = torch.arange(rng.randint(2, B * T))
+        assert compiled(src, tgt, keep, project=False).shape == (keep.numel(), 64)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert len(graphs) <= 3, f"{len(graphs)} compilations"  # the first and at most 2 recompilations
+    torch._dynamo.reset()
+
+
 def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     pytest.importorskip("torch._inductor")
     eager = make_trainer(tmp_path / "eager", "model.dropout=0.0")
@@ -246,13 +277,14 @@ def test_moving_average_of_the_weights(tmp_path: Path) -> None:
     for batch in (list(range(16)), list(range(16, 32))):
         assert trainer._update([batch]).figures[2] == 1.0  # applied
         expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, trainer.model.parameters())]
-    for found, wanted in zip(trainer.ema.parameters(), expected):
+    for found, wanted in zip(trainer.ema.model.parameters(), expected):
         torch.testing.assert_close(found, wanted)
-    assert not all(torch.equal(a, b) for a, b in zip(trainer.ema.parameters(), trainer.model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(trainer.ema.model.parameters(), trainer.model.parameters()))
     trainer.save()  # the average goes into the trainer state (for resume) and into checkpoints/ema_*
+    trainer.writer.wait()  # written in the background
     again = make_trainer(tmp_path, "model.dropout=0.0", "train.ema_decay=0.9")
     again.resume(checkpoint.latest_checkpoint(tmp_path))
-    assert all(torch.equal(a, b) for a, b in zip(again.ema.parameters(), trainer.ema.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(again.ema.model.parameters(), trainer.ema.model.parameters()))
     assert checkpoint.use_ema(tmp_path) == checkpoint.inference_checkpoint(tmp_path)
     assert checkpoint.inference_checkpoint(tmp_path).name.startswith("ema_")
 
@@ -263,7 +295,7 @@ def test_skipped_update_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 
     trainer = make_trainer(tmp_path, "train.ema_decay=0.9")
     assert trainer._update([list(range(16))]).figures[2] == 1.0
-    snapshot = lambda: [t.clone() for t in (*trainer.model.parameters(), *trainer.ema.parameters())]  # noqa: E731
+    snapshot = lambda: [t.clone() for t in (*trainer.model.parameters(), *trainer.ema.model.parameters())]  # noqa: E731
     moments = lambda: [v.clone() for s in trainer.optimizer.state.values() for v in s.values()]  # noqa: E731
     weights, state = snapshot(), moments()
     real_loss = train_module.label_smoothed_loss
@@ -298,3 +330,52 @@ def test_training_step_does_not_wait_for_the_gpu(tmp_path: Path) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(u.figures[2].item() == 1.0 for u in updates)
+
+
+def test_checkpoints_are_written_in_the_background_from_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save() returns while its files are still being written; they hold the state at the call, although
+    training changes the weights meanwhile; a run stopped (a second Ctrl-C) while a write is in flight
+    waits for it, and that checkpoint is complete."""
+    import threading
+
+    from safetensors.torch import load_file
+
+    trainer = make_trainer(tmp_path, "train.max_steps=10", "train.save_every=3")
+    started, release = threading.Event(), threading.Event()
+    real_save = checkpoint.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow_save)
+    trainer._update([list(range(16))])
+    trainer.progress.step = 1
+    expected = {name: t.clone() for name, t in trainer.model.state_dict().items()}
+    trainer.save()
+    assert started.wait(30) and checkpoint.latest_checkpoint(tmp_path) is None  # in flight
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    release.set()
+    trainer.writer.wait()
+    saved = load_file(str(checkpoint.latest_checkpoint(tmp_path) / checkpoint.WEIGHTS))
+    assert saved and all(torch.equal(t, expected[name]) for name, t in saved.items())
+
+    release.clear()
+    real_update = trainer._update
+
+    def second_ctrl_c(group, collated=None):
+        if trainer.progress.step == 4:  # the checkpoint of step 3 is being written
+            threading.Timer(0.5, release.set).start()
+            raise KeyboardInterrupt
+        return real_update(group, collated)
+
+    monkeypatch.setattr(trainer, "_update", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest.name == "step_00000003" and checkpoint.load_state(latest)["progress"]["step"] == 3
+    checkpoint.verify(latest)
+    assert not list(checkpoint.checkpoint_dir(tmp_path).glob("*.tmp"))
