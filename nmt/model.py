@@ -2,6 +2,7 @@
 
 Conventions, chosen so a post-norm model maps one-to-one onto Hugging Face MarianMT:
 - Masks are boolean and True means "may attend" (the SDPA convention); `src_mask` is (B, 1, 1, S).
+  The layers get it in SDPA's additive form (`attention_bias`), converted once per pass.
 - Token embeddings are scaled by sqrt(d_model); sinusoidal positions start at 0 and put the
   sines in the first half of the vector, the cosines in the second.
 - Every linear layer has a bias except the output projection; LayerNorm eps is 1e-5.
@@ -156,6 +157,15 @@ def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     return ((numbers >= threshold - 32768) * (65536 / (65536 - threshold))).to(x.dtype)
 
 
+def attention_bias(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A boolean "may attend" mask in SDPA's additive form (0 or -inf), in the dtype the attention will
+    compute in (autocast's, else `like`'s): made once per pass, where SDPA would convert a boolean
+    mask again in each layer's call."""
+    device = like.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else like.dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 class Attention(nn.Module):
     """What self- and cross-attention share: SDPA, merging the heads, the output projection.
 
@@ -172,9 +182,13 @@ class Attention(nn.Module):
         self.recorded: Optional[list[torch.Tensor]] = None  # set to a list to collect attention weights
 
     def _heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
-        """x (B, L, parts * D) -> `parts` views (B, H, L, D/H)."""
+        """x (B, L, parts * D) -> `parts` views (B, H, L, D/H).
+
+        Split along the parts first, then transposed: the gradients then stack back into x's own
+        layout, where splitting after the transpose would need a copy of them to view them as x.
+        """
         B, L, _ = x.shape
-        return x.view(B, L, parts, self.n_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return tuple(part.transpose(1, 2) for part in x.view(B, L, parts, self.n_heads, -1).unbind(2))
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
               causal: bool) -> torch.Tensor:
@@ -298,8 +312,9 @@ class EncoderLayer(nn.Module):
         self.attn_block = Residual(c.d_model, c.dropout, c.norm_first)
         self.ff_block = Residual(c.d_model, c.dropout, c.norm_first)
 
-    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
-        return self.ff_block(self.attn_block(x, functools.partial(self.self_attn, mask=src_mask)), self.ff)
+    def forward(self, x: torch.Tensor, src_bias: torch.Tensor) -> torch.Tensor:
+        """x (B, S, D); src_bias (B, 1, 1, S), see `attention_bias`."""
+        return self.ff_block(self.attn_block(x, functools.partial(self.self_attn, mask=src_bias)), self.ff)
 
 
 class DecoderLayer(nn.Module):
@@ -312,7 +327,7 @@ class DecoderLayer(nn.Module):
         self.cross_block = Residual(c.d_model, c.dropout, c.norm_first)
         self.ff_block = Residual(c.d_model, c.dropout, c.norm_first)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, src_bias: torch.Tensor,
                 cache: Optional[Cache] = None, index: int = 0) -> torch.Tensor:
         """x (N, T, D); memory (B, S, D) with N a multiple of B (see `Cache`).
 
@@ -330,7 +345,7 @@ class DecoderLayer(nn.Module):
             state = cache.layers[index] if cache is not None else {}
             if "memory_k" not in state:  # computed once per sentence, reused at every step
                 state["memory_k"], state["memory_v"] = self.cross_attn.project_memory(memory)
-            return self.cross_attn(h, state["memory_k"], state["memory_v"], src_mask)
+            return self.cross_attn(h, state["memory_k"], state["memory_v"], src_bias)
 
         x = self.self_block(x, self_attention)
         x = self.cross_block(x, cross_attention)
@@ -393,8 +408,9 @@ class Transformer(nn.Module):
         """src (B, S) ids -> memory (B, S, D) and src_mask (B, 1, 1, S), True at real tokens."""
         src_mask = (src != self.pad_id)[:, None, None, :]
         x = self.src_embed(src)
+        bias = attention_bias(src_mask, x)
         for layer in self.encoder:
-            x = layer(x, src_mask)
+            x = layer(x, bias)
         return self.encoder_norm(x), src_mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
@@ -411,8 +427,9 @@ class Transformer(nn.Module):
         step); it is used outside autograd, with a plain output projection, and the result is returned.
         """
         x = self.tgt_embed(tgt_in, cache.length if cache is not None else 0)
+        bias = attention_bias(src_mask, x)
         for i, layer in enumerate(self.decoder):
-            x = layer(x, memory, src_mask, cache, i)
+            x = layer(x, memory, bias, cache, i)
         if cache is not None:
             cache.length += tgt_in.size(1)
         x = self.decoder_norm(x)
