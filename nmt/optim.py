@@ -97,3 +97,51 @@ def upgrade_optimizer_state(state: dict, model: nn.Module) -> dict:
                                for key, value in entries[0].items()}
     group = {**state["param_groups"][0], "params": list(range(len(names)))}
     return {"state": upgraded, "param_groups": [group]}
+
+
+class LowPrecisionCopy:
+    """The model as the forward and backward under bf16 autocast use it: a twin whose linear layers
+    hold bf16 copies of the weights and biases; every other parameter (embeddings, LayerNorm) is the
+    model's own.
+
+    Autocast casts each linear layer's weight and bias at each use and their gradients back to fp32,
+    four operators per layer and update (about 260 of an update of the GPU profile). Here one
+    `_foreach_copy_` refreshes all copies per update (`refresh`), and one more puts their gradients
+    onto the fp32 weights after the backward (`hand_off`). The values are autocast's: the same
+    rounding to bf16, the same bf16 gradients of the matrix multiplies, converted to fp32.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        self.module = copy.deepcopy(model)
+        self.weights: list[nn.Parameter] = []  # the model's fp32 weights with a copy
+        self.copies: list[nn.Parameter] = []
+        output = getattr(model, "output", None)  # the loss projects with the model's own weight
+        for original, twin in zip(model.modules(), self.module.modules()):
+            for name, parameter in original.named_parameters(recurse=False):
+                if isinstance(original, nn.Linear) and original is not output:
+                    setattr(twin, name, nn.Parameter(parameter.detach().to(dtype)))
+                    self.weights.append(parameter)
+                    self.copies.append(getattr(twin, name))
+                else:
+                    setattr(twin, name, parameter)
+        self._grads: list[torch.Tensor] = []  # fp32 gradient tensors of `weights`, allocated once
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the fp32 weights into their bf16 copies (after each optimizer step)."""
+        torch._foreach_copy_(self.copies, self.weights)
+
+    @torch.no_grad()
+    def hand_off(self, first: bool) -> None:
+        """Move the copies' gradients onto the fp32 weights: set them after an update's `first` backward, else add them."""
+        if not self._grads:
+            self._grads = [torch.zeros_like(w) for w in self.weights]
+        grads = [c.grad if c.grad is not None else torch.zeros_like(c) for c in self.copies]
+        (torch._foreach_copy_ if first else torch._foreach_add_)(self._grads, grads)
+        for weight, grad, twin in zip(self.weights, self._grads, self.copies):
+            weight.grad, twin.grad = grad, None
+
+    def clear(self) -> None:
+        """Drop the copies' gradients (an update abandoned after running out of memory)."""
+        for twin in self.copies:
+            twin.grad = None

@@ -106,13 +106,15 @@ class _SmoothedLoss(torch.autograd.Function):
                 if softmax is None:
                     continue
                 real = (t != PAD_ID)[:, None]
-                g_h = (softmax.to(dtype) @ w).float() - (1 - smoothing) * weight[t].float() - uniform * u
+                softmax_low = softmax.to(dtype)  # the matrix multiplies' dtype (the same tensor in fp32)
+                g_h = (softmax_low @ w).float() - (1 - smoothing) * weight[t].float() - uniform * u
                 grad_hidden[start:start + rows] = g_h * real
-                h_real = (h * real).float()  # padding rows send no gradient anywhere
+                h_real_low = h * real  # padding rows send no gradient anywhere
+                h_real = h_real_low.float()
                 if dtype == torch.float32:
                     grad_weight.addmm_(softmax.t(), h_real)
                 else:
-                    grad_weight += (softmax.to(dtype).t() @ h_real.to(dtype)).float()
+                    grad_weight += (softmax_low.t() @ h_real_low).float()
                 grad_weight.index_add_(0, t, h_real, alpha=-(1 - smoothing))
                 real_sum += h_real.sum(0)
             if gradient and smoothing:
@@ -259,10 +261,13 @@ class Trainer:
         # Under torchrun the model runs wrapped in DDP, which averages gradients over ranks. The
         # position tables are constants, so DDP need not broadcast buffers before each forward, and
         # the gradients live in its all-reduce buckets instead of beside them.
+        # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update.
+        self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16) if self._bf16() else None
+        computed = self.low_precision.module if self.low_precision else model
         self.ddp = None if self.world == 1 else DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            computed, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
             gradient_as_bucket_view=True)
-        self.net = self.ddp or model
+        self.net = self.ddp or computed
         if compiles(config, device):
             self.net = compile_model(self.net)
         self.parameters = list(model.parameters())
@@ -388,6 +393,9 @@ class Trainer:
         the losses, takes one all-reduce after the backward instead of one before the forward.
         """
         self.model.train()
+        if self.low_precision is not None:
+            self.low_precision.module.train()
+            self.low_precision.refresh()
         collated = collated or collate_group(self.corpus, group, self.model.start_id)
         try:
             losses = self._accumulate(collated["inputs"])
@@ -422,6 +430,9 @@ class Trainer:
                 with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                     loss, nll = self._batch_loss(self.net, x, self.config.label_smoothing)
                     (loss * self.world if self.world > 1 else loss).backward()
+                if self.low_precision is not None and (last or self.ddp is None):
+                    # Under DDP the bf16 gradients of no_sync batches sum in DDP's buckets until the last one.
+                    self.low_precision.hand_off(first=index == 0 or self.ddp is not None)
                 batch = torch.stack([loss.detach(), nll])
                 totals = batch if totals is None else totals + batch
         return totals
@@ -434,6 +445,8 @@ class Trainer:
     def _after_out_of_memory(self, group: list[list[int]]) -> Optional[tuple[float, float, int, int]]:
         """Retry the update with every batch split in two, and lower the budget of later epochs."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.low_precision is not None:
+            self.low_precision.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.progress.budget_scale *= 0.8
@@ -449,11 +462,12 @@ class Trainer:
                     self.progress.step, self.progress.budget_scale)
         return self._update(halves)
 
-    def _autocast(self):
+    def _bf16(self) -> bool:
         precision = self.config.precision
-        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self._bf16() else nullcontext()
 
     def _stop_reason(self, started: float) -> Optional[str]:
         """Why to stop now, or None; rank 0 decides for all ranks."""

@@ -379,3 +379,27 @@ def test_checkpoints_are_written_in_the_background_from_a_copy(tmp_path: Path, m
     assert latest.name == "step_00000003" and checkpoint.load_state(latest)["progress"]["step"] == 3
     checkpoint.verify(latest)
     assert not list(checkpoint.checkpoint_dir(tmp_path).glob("*.tmp"))
+
+
+def test_bf16_weights_cast_once_give_autocast_gradients(tmp_path: Path) -> None:
+    """Under bf16 the update runs through bf16 copies of the linear weights, made once per update; the
+    gradients it leaves on the fp32 weights are exactly those of autocast's cast at every use."""
+    import copy
+
+    trainer = make_trainer(tmp_path, "model.dropout=0.0", "train.precision=bf16", "train.accum_steps=2")
+    reference = copy.deepcopy(trainer.model)
+    groups = [list(range(16)), list(range(16, 30))]
+    inputs = [collate([trainer.corpus.src[i] for i in b], [trainer.corpus.tgt[i] for i in b], trainer.model.start_id)
+              for b in groups]
+    trainer.low_precision.refresh()
+    trainer._accumulate(inputs)
+    for x in inputs:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = reference(x["src"], x["tgt_in"], x["targets"], project=False)
+            loss, _ = label_smoothed_loss(hidden, reference.output_weight(), x["tgt_out"].view(-1)[x["targets"]],
+                                          trainer.config.label_smoothing)
+        loss.backward()
+    for (name, expected), found in zip(reference.named_parameters(), trainer.model.parameters()):
+        assert found.grad is not None and torch.equal(found.grad, expected.grad), name
+    assert all(c.grad is None for c in trainer.low_precision.copies)  # handed off
+    assert trainer.low_precision.copies[0].dtype == torch.bfloat16
