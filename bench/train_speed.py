@@ -129,6 +129,7 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (default 6000 cpu, 25000 cuda)")
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: fp32 on cpu, bf16 on cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary trained on the data")
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -139,7 +140,7 @@ def setup(args: argparse.Namespace) -> Setup:
     bf16 = (args.precision or ("fp32" if device.type == "cpu" else "bf16")) == "bf16"
     max_tokens = args.max_tokens or (6000 if device.type == "cpu" else 25000)
     config = load_config(None, [f"model.preset={shape}", "model.norm_first=false", f"train.max_tokens={max_tokens}",
-                                f"train.precision={'bf16' if bf16 else 'fp32'}", "tokenizer.vocab_size=8000"])
+                                f"train.precision={'bf16' if bf16 else 'fp32'}", f"tokenizer.vocab_size={args.vocab_size}"])
     src, tgt = read_corpus(str(Path(args.data) / "train"), args.src, args.tgt)
     work = Path(tempfile.mkdtemp(prefix="nmt-bench-"))
     tokenizer = prepare_tokenizer(config.tokenizer, work, src, tgt)
