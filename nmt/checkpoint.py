@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nmt.errors import CheckpointError, ConfigError
-from nmt.model import Transformer
+from nmt.model import Transformer, fused_names
 
 Weights = Union[Transformer, dict[str, torch.Tensor]]  # a model, or its tensors as `weights_of` gives them
 
@@ -231,9 +231,10 @@ def average_checkpoints(run_dir: Path, last: int) -> Path:
     total: dict[str, torch.Tensor] = {}
     for directory in chosen:
         verify(directory)
-        for name, tensor in load_file(str(directory / WEIGHTS)).items():
+        # One layout for all: checkpoints of a run resumed across the fusion of the projections differ.
+        for name, tensor in fused_names(load_file(str(directory / WEIGHTS))).items():
             total[name] = total.get(name, 0) + tensor.double()
-    reference = load_file(str(chosen[-1] / WEIGHTS))
+    reference = fused_names(load_file(str(chosen[-1] / WEIGHTS)))
     averaged = {name: (t / last).to(reference[name].dtype) for name, t in total.items()}
     final = _write_dir(root, f"average_last{last}", averaged, None,
                        {"averaged": ",".join(d.name for d in chosen)})

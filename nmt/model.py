@@ -253,7 +253,7 @@ class CrossAttention(Attention):
         return self.out_proj(out.view(B, H, G, L, D // H).permute(0, 2, 3, 1, 4).reshape(N, L, D))
 
 
-def fuse_projections(module: nn.Module, state_dict: dict, prefix: str, *args, fused: str, parts: str) -> None:
+def fuse_projections(module: Optional[nn.Module], state_dict: dict, prefix: str, *args, fused: str, parts: str) -> None:
     """Load-time upgrade of weights with one projection per part (`q_proj`, `k_proj`, `v_proj`: how
     checkpoints were written before the fusion, and how MarianMT names them): their weights and
     biases, concatenated in order, become the fused layer's (`qkv_proj`, `kv_proj`)."""
@@ -261,6 +261,17 @@ def fuse_projections(module: nn.Module, state_dict: dict, prefix: str, *args, fu
         names = [f"{prefix}{part}_proj.{kind}" for part in parts]
         if all(name in state_dict for name in names):
             state_dict[f"{prefix}{fused}_proj.{kind}"] = torch.cat([state_dict.pop(name) for name in names])
+
+
+def fused_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A whole state dict in the fused layout: what the load-time hooks do (`fuse_projections`), for
+    code that reads weights without a model (averaging checkpoints)."""
+    out = dict(state_dict)
+    for name in state_dict:
+        for attention, fused, parts in (("self_attn", "qkv", "qkv"), ("cross_attn", "kv", "kv")):
+            if name.endswith(f".{attention}.{parts[0]}_proj.weight"):
+                fuse_projections(None, out, name.removesuffix(f"{parts[0]}_proj.weight"), fused=fused, parts=parts)
+    return out
 
 
 def split_projections(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

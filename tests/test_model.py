@@ -213,3 +213,11 @@ def test_weights_with_separate_projections_load(tmp_path) -> None:
     src, tgt = batch()
     assert torch.equal(fresh(src, tgt), model(src, tgt))
 
+
+
+def test_fused_names_of_a_state_dict() -> None:
+    from nmt.model import fused_names, split_projections
+
+    state = make_model().state_dict()
+    again = fused_names(split_projections(state))
+    assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
