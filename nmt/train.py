@@ -258,12 +258,12 @@ class Trainer:
         self.model, self.config, self.run_dir = model.to(device), config, run_dir
         self.corpus, self.valid, self.bleu, self.device = corpus, valid, bleu, device
         self.world, self.rank = distributed.world_size(), distributed.rank()
-        # Under torchrun the model runs wrapped in DDP, which averages gradients over ranks. The
-        # position tables are constants, so DDP need not broadcast buffers before each forward, and
-        # the gradients live in its all-reduce buckets instead of beside them.
         # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update.
         self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16) if self._bf16() else None
         computed = self.low_precision.module if self.low_precision else model
+        # Under torchrun that runs wrapped in DDP, which averages gradients over ranks. The position
+        # tables are constants, so DDP need not broadcast buffers before each forward, and the
+        # gradients live in its all-reduce buckets instead of beside them.
         self.ddp = None if self.world == 1 else DistributedDataParallel(
             computed, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
             gradient_as_bucket_view=True)
