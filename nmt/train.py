@@ -149,21 +149,34 @@ def compiles(config: TrainConfig, device: torch.device) -> bool:
     return device.type == "cuda" if config.compile == "auto" else bool(config.compile)
 
 
-def compile_model(net: torch.nn.Module, backend: str | Callable = "inductor") -> Callable[..., torch.Tensor]:
+def compile_model(net: torch.nn.Module, backend: str | Callable = "inductor",
+                  fallback: bool = False) -> Callable[..., torch.Tensor]:
     """`net` under torch.compile with dynamic shapes: one graph (encoder and decoder) for batches of any size.
 
     Sizes that happen to be equal in a batch (its source and target lengths, say) are not taken to
     be equal always (dynamo's "duck sizing"), which would compile again at the next batch where they
     differ, and again at each new coincidence. A batch of one sentence compiles once more (dynamo
-    specialises sizes of 1).
+    specialises sizes of 1). With `fallback` (`train.compile: auto`), a compiler that fails (no
+    working triton, a GPU too old for it) leaves a warning and the eager model, not a crash.
     """
     from torch.fx.experimental import _config as shape_config
 
     compiled = torch.compile(net, dynamic=True, backend=backend)
+    eager = False
 
     def run(*args, **kwargs) -> torch.Tensor:
-        with shape_config.patch(use_duck_shape=False):
-            return compiled(*args, **kwargs)
+        nonlocal eager
+        if not eager:
+            try:
+                with shape_config.patch(use_duck_shape=False):
+                    return compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 (the eager call below raises any error of the model itself)
+                if not fallback or isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                eager = True
+                log.warning("torch.compile failed, training without it (train.compile: false skips the attempt): %s",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return net(*args, **kwargs)
     return run
 
 
@@ -269,7 +282,7 @@ class Trainer:
             gradient_as_bucket_view=True)
         self.net = self.ddp or computed
         if compiles(config, device):
-            self.net = compile_model(self.net)
+            self.net = compile_model(self.net, fallback=config.compile == "auto")
         self.parameters = list(model.parameters())
         self.optimizer = optim.adamw(self.parameters, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, inverse_sqrt(config.warmup_steps))

@@ -476,3 +476,19 @@ def test_an_update_of_the_gpu_profile_dispatches_under_half_the_operators(tmp_pa
     with Operators() as seen:
         trainer._update(group)
     assert len(seen.names) <= 1637 // 2, len(seen.names)
+
+
+def test_a_failing_compiler_falls_back_to_eager_under_auto() -> None:
+    import torch._dynamo
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("Cannot find a working triton installation")
+
+    torch._dynamo.reset()
+    model = Transformer(load_config(None, ["model.preset=tiny"]).model, 40, 40)
+    src, tgt = torch.randint(1, 40, (3, 5)), torch.randint(1, 40, (3, 4))
+    with pytest.raises(Exception, match="triton"):
+        compile_model(model, backend=broken_backend)(src, tgt)
+    torch._dynamo.reset()
+    assert compile_model(model, backend=broken_backend, fallback=True)(src, tgt).shape == (3, 4, 40)
+    torch._dynamo.reset()
