@@ -14,7 +14,7 @@
 #   DEVICE=cuda          cpu for a dry run (tests/test_gpu_suite.py runs one at tiny sizes)
 #   BUDGET=540           seconds for all stages together
 #   STAGES="tests train recipe decode ops"
-#   MINUTES=2            training minutes of the recipe     EXTRA=""  more --set options for the recipe
+#   MINUTES=2            whole minutes of recipe training   EXTRA=""  more --set options for the recipe
 #   TRAIN_ARGS="--compile --rounds 2"    DECODE_ARGS="--rounds 1"    more options for the benchmarks
 #   OPS_CONFIG=recipes/multi30k-gpu.yaml OPS_ARGS=""        what the operator count counts
 set -uo pipefail
@@ -101,7 +101,7 @@ export -f gpu_tests recipe
 
 # shellcheck disable=SC2086  # the *_ARGS are lists of options
 stage tests 120 gpu_tests
-stage train 150 python "$here/bench/train_speed.py" --data "$data" --device "$device" $train_args \
+stage train 210 python "$here/bench/train_speed.py" --data "$data" --device "$device" $train_args \
   --json "$out/train_speed_$device.json"
 stage recipe $((minutes * 60 + 120)) recipe
 if [[ -d "$out/en-de/checkpoints" ]]; then
