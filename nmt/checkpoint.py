@@ -7,10 +7,11 @@ Layout inside a run directory:
     checkpoints/ema_00001000/    model.safetensors, sha256sums             moving average (train.ema_decay)
     checkpoints/latest, best, average, ema   pointer files naming the current directories
 Each directory is written under a temporary name and renamed when complete, and a pointer is
-replaced atomically after it, so a crash or a full disk at any moment leaves the previous
-checkpoint readable. Training writes from a copy of its state (`host_copy`) in a background
-thread (`BackgroundWriter`), so it goes on while a checkpoint is serialised, hashed and written. `sha256sums` lets a truncated or corrupted file be reported as such
-instead of failing somewhere deep inside torch.
+replaced atomically after it; a directory to delete is first renamed out of sight. So a crash or a
+full disk at any moment leaves the previous checkpoint readable and no directory half there.
+Training writes from a copy of its state (`host_copy`) in a background thread (`BackgroundWriter`),
+so it goes on while a checkpoint is serialised, hashed and written. `sha256sums` lets a truncated
+or corrupted file be reported as such instead of failing somewhere deep inside torch.
 """
 
 from __future__ import annotations
@@ -132,8 +133,7 @@ def _write_dir(root: Path, name: str, model: Weights, state: Optional[dict[str, 
             torch.save(state, tmp / STATE)
             files.append(STATE)
         (tmp / CHECKSUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
-        if final.exists():
-            shutil.rmtree(final)
+        _remove(final)
         os.rename(tmp, final)
     except (OSError, SafetensorError, RuntimeError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -142,6 +142,18 @@ def _write_dir(root: Path, name: str, model: Weights, state: Optional[dict[str, 
         raise CheckpointError(f"could not write checkpoint {final} ({exc}); {kept}. "
                               "Free disk space and run the same command again to resume") from None
     return final
+
+
+def _remove(directory: Path) -> None:
+    """Delete a checkpoint directory so that a crash at any moment leaves it whole or gone, never with
+    some files missing: it is renamed out of sight first (a dot name, which no listing here matches)."""
+    trash = directory.with_name(f".{directory.name}.deleted")
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(directory, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _point(root: Path, pointer: str, target: Path) -> None:
@@ -170,7 +182,9 @@ def save_checkpoint(run_dir: Path, step: int, model: Weights, state: dict[str, A
     final = _write_dir(root, f"step_{step:08d}", model, state, {"step": str(step)})
     _point(root, "latest", final)
     for old in step_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+    for stale in root.glob(".*.deleted"):  # deletions a crash interrupted
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -181,7 +195,7 @@ def _replace(run_dir: Path, kind: str, step: int, model: Weights, metadata: dict
     _point(root, kind, final)
     for old in root.glob(f"{kind}_*"):
         if old.is_dir() and old != final:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
 
 
