@@ -185,7 +185,8 @@ class Trainer:
             computed, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
             gradient_as_bucket_view=True)
         self.net = self.ddp or computed
-        if compiles(config, device):
+        self.uncompiled = compiles(config, device)  # compiled at the first update, see `_compile_on_fixed_shapes`
+        if self.uncompiled:
             self.net = compile_model(self.net, fallback=config.compile == "auto")
         self.parameters = list(model.parameters())
         self.optimizer = optim.adamw(self.parameters, config)
@@ -313,6 +314,8 @@ class Trainer:
         if self.low_precision is not None:
             self.low_precision.module.train()
             self.low_precision.refresh()
+        if self.uncompiled:
+            self._compile_on_fixed_shapes()
         collated = collated or collate_group(self.corpus, group, self.model.start_id)
         try:
             losses = self._accumulate(collated["inputs"])
@@ -353,6 +356,28 @@ class Trainer:
                 batch = torch.stack([loss.detach(), nll])
                 totals = batch if totals is None else totals + batch
         return totals
+
+    def _compile_on_fixed_shapes(self) -> None:
+        """Compile the step (forward and backward) on a made-up batch of fixed shape, leaving no trace.
+
+        Inductor picks its kernels by the sizes of the batch it compiles on, so a run compiled on its
+        first batch and one resumed at a later batch would compute with different kernels and drift
+        apart in the last bits. Compiled on the same made-up batch, they use the same ones and resume
+        exactly. The RNG states are put back and the gradients dropped.
+        """
+        self.uncompiled = False
+        B, S, T = 16, 21, 22
+        tokens = torch.Generator().manual_seed(0)
+        x = {"src": torch.randint(4, self.model.src_embed.tokens.num_embeddings, (B, S), generator=tokens),
+             "tgt_in": torch.randint(4, self.model.tgt_embed.tokens.num_embeddings, (B, T), generator=tokens),
+             "targets": torch.arange(B * T)}
+        x["tgt_out"] = x["tgt_in"]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), self._autocast():
+            loss, _ = self._batch_loss(self.net, {k: v.to(self.device) for k, v in x.items()}, 0.0)
+            loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.low_precision is not None:
+            self.low_precision.clear()
 
     def _batch_loss(self, net: torch.nn.Module, x: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss and NLL of one collated batch (on the device) through `net`, the model or its wrapper."""

@@ -113,13 +113,16 @@ def test_loss_falls_on_one_batch(tmp_path: Path) -> None:
     assert torch.count_nonzero(trainer.model.tgt_embed.tokens.weight[PAD_ID]) == 0
 
 
-def test_resume_continues_the_same_run(tmp_path: Path) -> None:
-    """Stopping after 6 updates and resuming to 13 equals 13 uninterrupted updates, bit for bit."""
-    straight = make_trainer(tmp_path / "a", "train.max_steps=13")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_resume_continues_the_same_run(tmp_path: Path, compiled: bool) -> None:
+    """Stopping after 6 updates and resuming to 13 equals 13 uninterrupted updates, bit for bit, eager or
+    compiled (a compiled run resumed at a later batch must pick the same kernels as the straight run)."""
+    flag = f"train.compile={str(compiled).lower()}"
+    straight = make_trainer(tmp_path / "a", "train.max_steps=13", flag)
     straight.train()
-    first = make_trainer(tmp_path / "b", "train.max_steps=6")
+    first = make_trainer(tmp_path / "b", "train.max_steps=6", flag)
     first.train()
-    resumed = make_trainer(tmp_path / "b", "train.max_steps=13")
+    resumed = make_trainer(tmp_path / "b", "train.max_steps=13", flag)
     resumed.resume(checkpoint.latest_checkpoint(tmp_path / "b"))
     assert resumed.progress.step == 6
     resumed.train()
