@@ -1,9 +1,14 @@
-"""Where the time goes: torch.profiler over training updates or a decoding pass, grouped by operator.
+"""Where the time goes: torch.profiler over training updates or a decoding pass, grouped by operator;
+and how many operators one training update dispatches.
 
 The profiles behind the "why a target is missed" notes in bench/README.md, as one command:
 
     python bench/profile_ops.py train --data DIR --engine nmt --device cpu --threads 2 --json OUT
     python bench/profile_ops.py decode --model RUN_DIR --src test.en --device cpu --threads 2 --json OUT
+    python bench/profile_ops.py ops --config recipes/multi30k-gpu.yaml --device cpu --json OUT
+
+`ops` counts the operators of one update of a config's model under bf16 autocast (eager, then
+compiled), on random token batches of the config's token budget: see `count_update`.
 
 `train` profiles updates of bench/train_speed.py's setup (same shapes, same batches; `--engine hf`
 for the MarianMT loop), `decode` one `nmt` translation pass over the first `--limit` sentences
@@ -17,14 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch._inductor.config as inductor_config
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nmt import Translator
+from nmt import train as nmt_train
 from nmt.data import read_lines
 
 from train_speed import add_setup_arguments, make_engines, setup, synchronize
@@ -84,7 +96,7 @@ def profile_train(args: argparse.Namespace) -> dict:
         if args.engine == "nmt":
             # The loss accumulates the output projection's weight gradient with addmm_, which the
             # profiler counts as 0 FLOPs: 2 x targets x d_model x vocabulary.
-            targets = sum(len(s.corpus.tgt[i]) + 1 for b in batches[args.warmup:] for i in b)
+            targets = sum(int(s.corpus.tgt_lengths[np.asarray(b)].sum(dtype=np.int64)) + len(b) for b in batches[args.warmup:])
             flops += 2 * targets * s.config.model.d_model * s.tokenizer.tgt_vocab_size
         seconds = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6
         result["matmul_gflops_per_s"] = round(flops / seconds / 1e9, 1)
@@ -125,6 +137,117 @@ def profile_decode(args: argparse.Namespace) -> dict:
     return result
 
 
+# Operators that only make a new view of a tensor (or record a call): no kernel on any device.
+VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "slice", "select", "unsqueeze", "squeeze",
+         "detach", "alias", "as_strided", "unbind", "split", "split_with_sizes", "chunk", "lift_fresh",
+         "_reshape_alias", "unflatten", "_record_function_enter_new", "_record_function_exit"}
+CASTS = {"_to_copy"}
+MATMULS = {"mm", "addmm", "bmm", "baddbmm", "mv", "addmv"}
+
+
+class _Operators(TorchDispatchMode):
+    """Counts the ATen operators dispatched while active (only the outermost: what Python calls), by name.
+
+    It lets torch.compile run as it would (`ignore_compile_internals`): of a compiled graph it sees
+    the operators the graph calls (matrix multiplies, attention), not inductor's own kernels.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _as_on_cuda() -> None:
+    """Make a CPU update dispatch what a CUDA one would where the code differs by device: dropout as the
+    one fused `native_dropout` (the CPU path makes its own mask), and loss chunks of 2^25 logits."""
+    from nmt import model
+
+    model.Dropout.forward = lambda self, x: torch.native_dropout(x, self.p, True)[0] if self.p and self.training else x
+    loss = nmt_train.label_smoothed_loss
+    nmt_train.label_smoothed_loss = lambda h, w, t, s, chunk_elements=None: loss(h, w, t, s, chunk_elements or 2 ** 25)
+
+
+def _random_corpus(vocab: int, max_tokens: int, work: Path, seed: int = 0):
+    """One batch worth of random sentence pairs, 10-18 tokens a side (Multi30k's range), filling `max_tokens`."""
+    from nmt.data import token_pairs
+
+    rng = random.Random(seed)
+    src, tgt, tokens = [], [], 0
+    while True:
+        pair = [[rng.randrange(4, vocab) for _ in range(rng.randint(10, 18))] for _ in range(2)]
+        if tokens + 2 * 19 > max_tokens:  # padded to the longest, with EOS or the start token
+            return token_pairs(src, tgt, work / "tokens.arrow")
+        src.append(pair[0])
+        tgt.append(pair[1])
+        tokens += 2 * 19
+
+
+def count_update(config_path: Path, device: torch.device, compiled: bool, as_on_cuda: bool) -> dict:
+    """Operators of one update (after two that warm up and compile) of the config's model under bf16 autocast.
+
+    Eager, every operator is counted; compiled, the operators outside inductor's kernels plus the
+    kernels it generated (profiled calls). With `as_on_cuda` on a CPU the attention dropout is 0, so
+    SDPA is the one fused kernel (with dropout the CPU falls back to several operators; CUDA's kernels
+    take it as they are), see also `_as_on_cuda`.
+    """
+    from nmt.config import load_config
+    from nmt.model import Transformer
+
+    overrides = ["train.precision=bf16", f"train.compile={str(compiled).lower()}", "train.loader_workers=0"]
+    if as_on_cuda:
+        overrides.append("model.attention_dropout=0.0")
+    config = load_config(config_path, overrides)
+    vocab = config.tokenizer.vocab_size
+    torch.manual_seed(config.train.seed)
+    model = Transformer(config.model, vocab, vocab)
+    with tempfile.TemporaryDirectory() as work:
+        corpus = _random_corpus(vocab, config.train.max_tokens, Path(work))
+        trainer = nmt_train.Trainer(model, config.train, Path(work), corpus, device=device)
+        group = [np.arange(len(corpus))]
+        collated = nmt_train.collate_group(corpus, group, model.start_id)
+        started = time.perf_counter()
+        for _ in range(2):
+            trainer._update(group, collated)
+        synchronize(device)
+        warmup = time.perf_counter() - started
+        inductor_config.cpp.enable_kernel_profile = True  # inductor's CPU kernels then show in the profiler
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof, _Operators() as seen:
+            trainer._update(group, collated)
+            synchronize(device)
+    counts = seen.counts
+    generated = sum(1 for e in prof.events() if "cpp_fused" in e.name or e.name.startswith(("triton_", "graph_")))
+    operators = sum(n for name, n in counts.items() if name not in VIEWS)
+    result = {"compiled": compiled, "sentences": len(corpus), "dispatched": sum(counts.values()),
+              "operators": operators + generated, "inductor_kernels": generated,
+              "casts": sum(counts[n] for n in CASTS), "matmuls": sum(counts[n] for n in MATMULS),
+              "warmup_s": round(warmup, 1),
+              "top": [[name, n] for name, n in counts.most_common() if name not in VIEWS][:15]}
+    if device.type == "cuda":  # what the device itself ran: kernel launches
+        result["cuda_kernels"] = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return result
+
+
+def count_ops(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    as_on_cuda = device.type == "cpu"
+    if as_on_cuda:
+        _as_on_cuda()
+    modes = {"eager": False, "compiled": True} if args.compiled else {"eager": False}
+    counts = {name: count_update(args.config, device, compiled, as_on_cuda) for name, compiled in modes.items()}
+    return {"config": str(args.config), "as_on_cuda": as_on_cuda, **counts}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="what", required=True)
@@ -141,10 +264,19 @@ def main() -> None:
     decode.add_argument("--limit", type=int, default=300, help="sentences translated")
     decode.add_argument("--beam", type=int, default=5, help="beam size")
     decode.add_argument("--quantize", default=None, choices=["int8", "bf16"], help="as nmt translate --quantize")
-    for command in (train, decode):
+    ops = commands.add_parser("ops", help="count the operators of one training update (eager and compiled)")
+    ops.add_argument("--config", type=Path, default=Path(__file__).parent.parent / "recipes" / "multi30k-gpu.yaml",
+                     help="config whose model and token budget are counted")
+    ops.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the update runs")
+    ops.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ops.add_argument("--no-compiled", dest="compiled", action="store_false", help="count eager only (compiling takes minutes on a CPU)")
+    for command in (train, decode, ops):
         command.add_argument("--rows", type=int, default=25, help="operators listed")
         command.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
+    if args.what == "ops":
+        _report_ops(args, count_ops(args))
+        return
     result = profile_train(args) if args.what == "train" else profile_decode(args)
     result = {"what": args.what, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -156,6 +288,19 @@ def main() -> None:
               f"a 4096-square fp32 one here: {result['square_sgemm_4096_gflops_per_s']}")
     for op in result["ops"]:
         print(f"{op['share']:7.2%} {op['self_ms']:10.1f} ms {op['calls']:7d}  {op['name'][:90]}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _report_ops(args: argparse.Namespace, result: dict) -> None:
+    result = {"what": "ops", "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+              "machine": platform.machine() if args.device == "cpu" else torch.cuda.get_device_name(), **result}
+    for name in ("eager", "compiled"):
+        if name in result:
+            r = result[name]
+            print(f"{name}: {r['operators']} operators per update ({r['casts']} casts, {r['matmuls']} matrix multiplies, "
+                  f"{r['inductor_kernels']} inductor kernels; {r['dispatched']} dispatched with views)"
+                  + (f", {r['cuda_kernels']} CUDA kernels" if "cuda_kernels" in r else ""))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

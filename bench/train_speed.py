@@ -23,11 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nmt.config import Config, load_config
-from nmt.data import TokenizedCorpus, collate, make_batches, read_corpus, tokenize_corpus
+from nmt.data import TrainingData, make_batches, prepare_corpora, read_corpus
 from nmt.model import Transformer, count_parameters
 from nmt.tokenizer import EOS_ID, PAD_ID, Tokenizer, prepare_tokenizer
 from nmt.train import Trainer
@@ -62,7 +63,7 @@ class HFLoop:
 
     def step(self, batch: list[int]) -> None:
         self.model.train()
-        x = collate([self.corpus.src[i] for i in batch], [self.corpus.tgt[i] for i in batch], PAD_ID)
+        x = self.corpus.collate(np.asarray(batch), PAD_ID)
         x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
         with autocast:
@@ -78,7 +79,8 @@ class HFLoop:
 
 
 def tokens(corpus, batch: list[int]) -> int:
-    return sum(len(corpus.src[i]) + 1 + len(corpus.tgt[i]) + 1 for i in batch)
+    rows = np.asarray(batch)
+    return int(corpus.src_lengths[rows].sum(dtype=np.int64) + corpus.tgt_lengths[rows].sum(dtype=np.int64)) + 2 * len(rows)
 
 
 def synchronize(device: torch.device) -> None:
@@ -113,7 +115,7 @@ class Setup:
     """What every engine trains on: the config, the tokenized corpus and its token-budget batches."""
     config: Config
     tokenizer: Tokenizer
-    corpus: TokenizedCorpus
+    corpus: TrainingData
     batches: list[list[int]]
     device: torch.device
     bf16: bool
@@ -129,6 +131,7 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget per batch (default 6000 cpu, 25000 cuda)")
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: fp32 on cpu, bf16 on cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary trained on the data")
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -139,12 +142,14 @@ def setup(args: argparse.Namespace) -> Setup:
     bf16 = (args.precision or ("fp32" if device.type == "cpu" else "bf16")) == "bf16"
     max_tokens = args.max_tokens or (6000 if device.type == "cpu" else 25000)
     config = load_config(None, [f"model.preset={shape}", "model.norm_first=false", f"train.max_tokens={max_tokens}",
-                                f"train.precision={'bf16' if bf16 else 'fp32'}", "tokenizer.vocab_size=8000"])
+                                f"train.precision={'bf16' if bf16 else 'fp32'}", f"tokenizer.vocab_size={args.vocab_size}",
+                                f"data.train={Path(args.data) / 'train'}", f"data.src_lang={args.src}",
+                                f"data.tgt_lang={args.tgt}"])
     src, tgt = read_corpus(str(Path(args.data) / "train"), args.src, args.tgt)
     work = Path(tempfile.mkdtemp(prefix="nmt-bench-"))
     tokenizer = prepare_tokenizer(config.tokenizer, work, src, tgt)
-    corpus = tokenize_corpus(src, tgt, tokenizer, replace(config.data, cache_dir=str(work / "cache")), "bench")
-    batches = make_batches([len(s) for s in corpus.src], [len(t) for t in corpus.tgt], max_tokens, 1, 0)
+    corpus = prepare_corpora(replace(config.data, cache_dir=str(work / "cache")), tokenizer)
+    batches = make_batches(corpus.src_lengths, corpus.tgt_lengths, max_tokens, 1, 0)
     return Setup(config, tokenizer, corpus, batches, device, bf16, work)
 
 

@@ -7,9 +7,11 @@ Layout inside a run directory:
     checkpoints/ema_00001000/    model.safetensors, sha256sums             moving average (train.ema_decay)
     checkpoints/latest, best, average, ema   pointer files naming the current directories
 Each directory is written under a temporary name and renamed when complete, and a pointer is
-replaced atomically after it, so a crash or a full disk at any moment leaves the previous
-checkpoint readable. `sha256sums` lets a truncated or corrupted file be reported as such
-instead of failing somewhere deep inside torch.
+replaced atomically after it; a directory to delete is first renamed out of sight. So a crash or a
+full disk at any moment leaves the previous checkpoint readable and no directory half there.
+Training writes from a copy of its state (`host_copy`) in a background thread (`BackgroundWriter`),
+so it goes on while a checkpoint is serialised, hashed and written. `sha256sums` lets a truncated
+or corrupted file be reported as such instead of failing somewhere deep inside torch.
 """
 
 from __future__ import annotations
@@ -17,19 +19,89 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nmt.errors import CheckpointError, ConfigError
-from nmt.model import Transformer
+from nmt.model import Transformer, fused_names
+
+Weights = Union[Transformer, dict[str, torch.Tensor]]  # a model, or its tensors as `weights_of` gives them
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 CHECKSUMS = "sha256sums"
+
+
+def host_copy(tree: Any, memo: Optional[dict] = None) -> Any:
+    """A copy of `tree` (nested dicts, lists and tuples) whose tensors are copied to the CPU, for writing
+    while training changes the originals. Tensors that share memory (tied embeddings) stay shared.
+
+    From a GPU the copies are queued without waiting (into pinned memory); the caller makes the
+    writer wait for them (`BackgroundWriter.submit(..., after=event)`)."""
+    memo = {} if memo is None else memo
+    if isinstance(tree, torch.Tensor):
+        key = (tree.untyped_storage().data_ptr(), tree.storage_offset(), tuple(tree.shape), tuple(tree.stride()), tree.dtype)
+        if key not in memo:
+            memo[key] = tree.detach().to("cpu", copy=True, non_blocking=tree.is_cuda)
+        return memo[key]
+    if isinstance(tree, dict):
+        return {k: host_copy(v, memo) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(host_copy(v, memo) for v in tree)
+    return tree
+
+
+def weights_of(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as safetensors stores a model: one name per tensor (the first in sorted order, as
+    `safetensors.torch.save_model` keeps), so tied embeddings are written once."""
+    kept: dict[tuple, str] = {}
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        kept.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), name)
+    return {name: state_dict[name].contiguous() for name in sorted(kept.values())}
+
+
+class BackgroundWriter:
+    """Runs checkpoint writes one at a time in a thread of their own, so training goes on meanwhile.
+
+    `submit` waits for the write before it; an error of a write (a full disk) is raised by the next
+    `submit` or `wait`, in the training thread. The thread is not a daemon, so the process also
+    waits for a write in flight before it exits; a crash or kill during one leaves only a
+    temporary directory, which the next write removes.
+    """
+
+    def __init__(self) -> None:
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def submit(self, job: Callable[[], Any], after: Optional[Any] = None) -> None:
+        """Run `job()` in the background once the previous write is done (and `after`, a CUDA event, has passed)."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                if after is not None:
+                    after.synchronize()  # the copies to the host queued before it have landed
+                job()
+            except BaseException as exc:  # handed to the training thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until no write is in flight; raise the error of the last one, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -44,7 +116,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_dir(root: Path, name: str, model: Transformer | dict[str, torch.Tensor], state: Optional[dict[str, Any]],
+def _write_dir(root: Path, name: str, model: Weights, state: Optional[dict[str, Any]],
                metadata: dict[str, str]) -> Path:
     """Write weights (a model or a state dict) and state plus checksums into root/name via a temporary directory."""
     final, tmp = root / name, root / f"{name}.tmp"
@@ -61,8 +133,7 @@ def _write_dir(root: Path, name: str, model: Transformer | dict[str, torch.Tenso
             torch.save(state, tmp / STATE)
             files.append(STATE)
         (tmp / CHECKSUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
-        if final.exists():
-            shutil.rmtree(final)
+        _remove(final)
         os.rename(tmp, final)
     except (OSError, SafetensorError, RuntimeError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -71,6 +142,18 @@ def _write_dir(root: Path, name: str, model: Transformer | dict[str, torch.Tenso
         raise CheckpointError(f"could not write checkpoint {final} ({exc}); {kept}. "
                               "Free disk space and run the same command again to resume") from None
     return final
+
+
+def _remove(directory: Path) -> None:
+    """Delete a checkpoint directory so that a crash at any moment leaves it whole or gone, never with
+    some files missing: it is renamed out of sight first (a dot name, which no listing here matches)."""
+    trash = directory.with_name(f".{directory.name}.deleted")
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(directory, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _point(root: Path, pointer: str, target: Path) -> None:
@@ -93,33 +176,35 @@ def _pointed(root: Path, pointer: str) -> Optional[Path]:
     return target
 
 
-def save_checkpoint(run_dir: Path, step: int, model: Transformer, state: dict[str, Any], keep_last: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model: Weights, state: dict[str, Any], keep_last: int) -> Path:
     """Write a step directory with weights and trainer state, point `latest` at it, prune old ones."""
     root = checkpoint_dir(run_dir)
     final = _write_dir(root, f"step_{step:08d}", model, state, {"step": str(step)})
     _point(root, "latest", final)
     for old in step_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+    for stale in root.glob(".*.deleted"):  # deletions a crash interrupted
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
-def _replace(run_dir: Path, kind: str, step: int, model: Transformer, metadata: dict[str, str]) -> Path:
+def _replace(run_dir: Path, kind: str, step: int, model: Weights, metadata: dict[str, str]) -> Path:
     """Write weights as checkpoints/KIND_STEP, point `kind` at it and drop the earlier KIND_* directory."""
     root = checkpoint_dir(run_dir)
     final = _write_dir(root, f"{kind}_{step:08d}", model, None, {"step": str(step), **metadata})
     _point(root, kind, final)
     for old in root.glob(f"{kind}_*"):
         if old.is_dir() and old != final:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
 
 
-def save_best(run_dir: Path, step: int, model: Transformer, metadata: dict[str, str]) -> Path:
+def save_best(run_dir: Path, step: int, model: Weights, metadata: dict[str, str]) -> Path:
     """Write the weights as the new best checkpoint and drop the previous best."""
     return _replace(run_dir, "best", step, model, metadata)
 
 
-def save_ema(run_dir: Path, step: int, ema: Transformer) -> Path:
+def save_ema(run_dir: Path, step: int, ema: Weights) -> Path:
     """Write the moving average of the weights as checkpoints/ema_STEP, pointed at by `ema`."""
     return _replace(run_dir, "ema", step, ema, {"ema": "true"})
 
@@ -160,9 +245,10 @@ def average_checkpoints(run_dir: Path, last: int) -> Path:
     total: dict[str, torch.Tensor] = {}
     for directory in chosen:
         verify(directory)
-        for name, tensor in load_file(str(directory / WEIGHTS)).items():
+        # One layout for all: checkpoints of a run resumed across the fusion of the projections differ.
+        for name, tensor in fused_names(load_file(str(directory / WEIGHTS))).items():
             total[name] = total.get(name, 0) + tensor.double()
-    reference = load_file(str(chosen[-1] / WEIGHTS))
+    reference = fused_names(load_file(str(chosen[-1] / WEIGHTS)))
     averaged = {name: (t / last).to(reference[name].dtype) for name, t in total.items()}
     final = _write_dir(root, f"average_last{last}", averaged, None,
                        {"averaged": ",".join(d.name for d in chosen)})

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import inspect
 import re
+import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -104,7 +105,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu or cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
-    compile: bool = False  # torch.compile the model (dynamic shapes): slower first steps, faster after
+    compile: bool | str = "auto"  # torch.compile the model (dynamic shapes, one graph): true, false, or auto (on CUDA only, where it pays)
     loader_workers: int = -1  # processes that collate batches ahead of the step; -1: 2 on CUDA (pinned memory), 0 on CPU
     ema_decay: float = 0.0  # keep an exponential moving average of the weights (e.g. 0.9995); 0 disables
 
@@ -164,6 +165,14 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin is tuple and typing.get_args(annotation) == (TrainCorpus, ...):
         return _corpora(key, value)
+    if origin in (typing.Union, types.UnionType):  # the first member type the value converts to
+        for member in typing.get_args(annotation):
+            try:
+                return _convert(key, value, member)
+            except ConfigError:
+                pass
+        names = " or ".join(getattr(member, "__name__", str(member)) for member in typing.get_args(annotation))
+        raise ConfigError(f"{key}: expected {names}, got {value!r}")
     if origin is tuple:
         if isinstance(value, str):
             value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
@@ -308,6 +317,7 @@ def validate(config: Config) -> None:
         (0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}"),
         (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
         (t.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16, got {t.precision!r}"),
+        (t.compile in (True, False, "auto"), f"train.compile must be true, false or auto, got {t.compile!r}"),
         (d.beam >= 1, f"decode.beam must be >= 1, got {d.beam}"),
         (1 <= d.nbest <= d.beam, f"decode.nbest must be between 1 and decode.beam ({d.beam}), got {d.nbest}"),
         (d.max_len_a >= 0 and d.max_len_b >= 1, "decode.max_len_a must be >= 0 and decode.max_len_b >= 1"),

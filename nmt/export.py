@@ -21,7 +21,7 @@ import torch
 from nmt import __version__
 from nmt.errors import NMTError
 from nmt.languages import language_name
-from nmt.model import sinusoidal_table
+from nmt.model import sinusoidal_table, split_projections
 from nmt.pipeline import Translator
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -114,7 +114,7 @@ def export_hf(model_dir: Path, output: Path) -> Path:
         raise NMTError(f"cannot export {model_dir}: {problem}")
     _require_empty(output)
     hf = MarianMTModel(marian_config(translator))
-    state = translator.model.state_dict()
+    state = split_projections(translator.model.state_dict())  # MarianMT keeps q, k, v projections apart
     weights = {_rename(name): tensor for name, tensor in state.items() if "table" not in name}
     weights["model.shared.weight"] = torch.roll(weights["model.shared.weight"], -1, dims=0)  # padding last
     table = sinusoidal_table(translator.config.model.max_positions, translator.config.model.d_model)

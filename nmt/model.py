@@ -2,6 +2,7 @@
 
 Conventions, chosen so a post-norm model maps one-to-one onto Hugging Face MarianMT:
 - Masks are boolean and True means "may attend" (the SDPA convention); `src_mask` is (B, 1, 1, S).
+  The layers get it in SDPA's additive form (`attention_bias`), converted once per pass.
 - Token embeddings are scaled by sqrt(d_model); sinusoidal positions start at 0 and put the
   sines in the first half of the vector, the cosines in the second.
 - Every linear layer has a bias except the output projection; LayerNorm eps is 1e-5.
@@ -14,6 +15,7 @@ All attention runs through `torch.nn.functional.scaled_dot_product_attention`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -155,44 +157,136 @@ def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     return ((numbers >= threshold - 32768) * (65536 / (65536 - threshold))).to(x.dtype)
 
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention; keys/values are projected separately so callers can cache them."""
+def attention_bias(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A boolean "may attend" mask in SDPA's additive form (0 or -inf), in the dtype the attention will
+    compute in (autocast's, else `like`'s): made once per pass, where SDPA would convert a boolean
+    mask again in each layer's call."""
+    device = like.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else like.dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+class Attention(nn.Module):
+    """What self- and cross-attention share: SDPA, merging the heads, the output projection.
+
+    The input projections are fused where they read the same tensor: self-attention projects
+    queries, keys and values with one (3D, D) matrix, cross-attention the memory's keys and values
+    with one (2D, D) matrix (its queries come from the decoder). One matrix multiply for three (or
+    two) cuts the launches of the projections and of their gradients. Checkpoints with separate
+    `q_proj`, `k_proj`, `v_proj` (written before the fusion) load unchanged: see `fuse_projections`.
+    """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
         self.recorded: Optional[list[torch.Tensor]] = None  # set to a list to collect attention weights
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """x (B, L, parts * D) -> `parts` views (B, H, L, D/H).
+
+        Split along the parts first, then transposed: the gradients then stack back into x's own
+        layout, where splitting after the transpose would need a copy of them to view them as x.
+        """
+        B, L, _ = x.shape
+        return tuple(part.transpose(1, 2) for part in x.view(B, L, parts, self.n_heads, -1).unbind(2))
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+              causal: bool) -> torch.Tensor:
+        """q (B, H, L, D/H) attends to k, v (B, H, S, D/H) -> (B, H, L, D/H)."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        if self.recorded is not None:
+            # The weights themselves, from the same kernel: attending over identity "values" returns them.
+            B, H, S = k.size(0), k.size(1), k.size(2)
+            eye = torch.eye(S, dtype=q.dtype, device=q.device).expand(B, H, S, S)
+            self.recorded.append(F.scaled_dot_product_attention(q, k, eye, attn_mask=mask, is_causal=causal))  # (B, H, L, S)
+        return out
+
+
+class SelfAttention(Attention):
+    """Queries, keys and values of the same x, projected by one matrix (`qkv_proj`: [Wq; Wk; Wv])."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        self.register_load_state_dict_pre_hook(functools.partial(fuse_projections, fused="qkv", parts="qkv"))
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, causal: bool = False,
+                cache: Optional[Cache] = None, index: int = 0) -> torch.Tensor:
+        """x (B, L, D) -> (B, L, D). With a cache (decoder layer `index`), x holds only the new
+        positions, whose keys and values join the cached ones."""
         B, L, D = x.shape
-        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, L, D/H)
+        q, k, v = self._heads(self.qkv_proj(x), 3)  # (B, H, L, D/H) each
+        if cache is not None:
+            k, v = cache.append(index, k, v)  # with the earlier positions, (B, H, t, D/H)
+        out = self._sdpa(q, k, v, mask, causal)
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
 
-    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
 
-    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               mask: Optional[torch.Tensor] = None, causal: bool = False) -> torch.Tensor:
-        """Queries from x (N, L, D) attend to k, v (B, H, S, D/H); returns (N, L, D).
+class CrossAttention(Attention):
+    """Queries from the decoder (`q_proj`), keys and values from the memory by one matrix (`kv_proj`: [Wk; Wv])."""
 
-        N may be a multiple G of B (G beam rows per sentence, never with `causal`): the G*L queries
-        of a sentence then attend to its keys in one call, without copying keys per row.
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.register_load_state_dict_pre_hook(functools.partial(fuse_projections, fused="kv", parts="kv"))
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (B, S, D) -> keys, values (B, H, S, D/H), computed once per sentence."""
+        k, v = self._heads(self.kv_proj(memory), 2)
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Queries of x (N, L, D) attend to k, v (B, H, S, D/H); returns (N, L, D).
+
+        N may be a multiple G of B (G beam rows per sentence): the G*L queries of a sentence then
+        attend to its keys in one call, without copying keys per row.
         """
         N, L, D = x.shape
         B, H = k.size(0), self.n_heads
         G = N // B
         q = self.q_proj(x).view(B, G, L, H, D // H).permute(0, 3, 1, 2, 4).reshape(B, H, G * L, D // H)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        if self.recorded is not None:
-            # The weights themselves, from the same kernel: attending over identity "values" returns them.
-            S = k.size(2)
-            eye = torch.eye(S, dtype=q.dtype, device=q.device).expand(B, self.n_heads, S, S)
-            self.recorded.append(F.scaled_dot_product_attention(q, k, eye, attn_mask=mask, is_causal=causal))  # (B, H, L, S)
+        out = self._sdpa(q, k, v, mask, causal=False)
         return self.out_proj(out.view(B, H, G, L, D // H).permute(0, 2, 3, 1, 4).reshape(N, L, D))
+
+
+def fuse_projections(module: Optional[nn.Module], state_dict: dict, prefix: str, *args, fused: str, parts: str) -> None:
+    """Load-time upgrade of weights with one projection per part (`q_proj`, `k_proj`, `v_proj`: how
+    checkpoints were written before the fusion, and how MarianMT names them): their weights and
+    biases, concatenated in order, become the fused layer's (`qkv_proj`, `kv_proj`)."""
+    for kind in ("weight", "bias"):
+        names = [f"{prefix}{part}_proj.{kind}" for part in parts]
+        if all(name in state_dict for name in names):
+            state_dict[f"{prefix}{fused}_proj.{kind}"] = torch.cat([state_dict.pop(name) for name in names])
+
+
+def fused_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A whole state dict in the fused layout: what the load-time hooks do (`fuse_projections`), for
+    code that reads weights without a model (averaging checkpoints)."""
+    out = dict(state_dict)
+    for name in state_dict:
+        for attention, fused, parts in (("self_attn", "qkv", "qkv"), ("cross_attn", "kv", "kv")):
+            if name.endswith(f".{attention}.{parts[0]}_proj.weight"):
+                fuse_projections(None, out, name.removesuffix(f"{parts[0]}_proj.weight"), fused=fused, parts=parts)
+    return out
+
+
+def split_projections(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `fuse_projections` over a whole state dict: each `qkv_proj` and `kv_proj`
+    entry split into separate `q_proj`, `k_proj`, `v_proj` entries (for exports that keep them apart)."""
+    out = {}
+    for name, tensor in state_dict.items():
+        stem, _, kind = name.rpartition(".")
+        layer, _, fused = stem.rpartition(".")
+        if fused in ("qkv_proj", "kv_proj"):
+            parts = fused.removesuffix("_proj")
+            out.update({f"{layer}.{part}_proj.{kind}": chunk for part, chunk in zip(parts, tensor.chunk(len(parts)))})
+        else:
+            out[name] = tensor
+    return out
 
 
 class FeedForward(nn.Module):
@@ -224,47 +318,45 @@ class Residual(nn.Module):
 class EncoderLayer(nn.Module):
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
+        self.self_attn = SelfAttention(c.d_model, c.n_heads, c.attention_dropout)
         self.ff = FeedForward(c.d_model, c.d_ff, c.activation, c.activation_dropout)
         self.attn_block = Residual(c.d_model, c.dropout, c.norm_first)
         self.ff_block = Residual(c.d_model, c.dropout, c.norm_first)
 
-    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
-        def attention(h: torch.Tensor) -> torch.Tensor:
-            return self.self_attn.attend(h, *self.self_attn.project_kv(h), mask=src_mask)
-        return self.ff_block(self.attn_block(x, attention), self.ff)
+    def forward(self, x: torch.Tensor, src_bias: torch.Tensor) -> torch.Tensor:
+        """x (B, S, D); src_bias (B, 1, 1, S), see `attention_bias`."""
+        return self.ff_block(self.attn_block(x, functools.partial(self.self_attn, mask=src_bias)), self.ff)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
-        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
+        self.self_attn = SelfAttention(c.d_model, c.n_heads, c.attention_dropout)
+        self.cross_attn = CrossAttention(c.d_model, c.n_heads, c.attention_dropout)
         self.ff = FeedForward(c.d_model, c.d_ff, c.activation, c.activation_dropout)
         self.self_block = Residual(c.d_model, c.dropout, c.norm_first)
         self.cross_block = Residual(c.d_model, c.dropout, c.norm_first)
         self.ff_block = Residual(c.d_model, c.dropout, c.norm_first)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, src_bias: torch.Tensor,
                 cache: Optional[Cache] = None, index: int = 0) -> torch.Tensor:
         """x (N, T, D); memory (B, S, D) with N a multiple of B (see `Cache`).
 
         With a cache (this is decoder layer `index`), x holds only the new positions.
         """
         def self_attention(h: torch.Tensor) -> torch.Tensor:
-            k, v = self.self_attn.project_kv(h)
-            if cache is not None:
-                k, v = cache.append(index, k, v)  # with the earlier positions, (N, H, t, D/H)
             if cache is not None and cache.length > 0 and h.size(1) > 1:
                 raise ValueError("a block of new positions after cached ones is not supported; decode one at a time")
-            # A single new query may see every cached key; a block of queries needs the causal mask.
-            return self.self_attn.attend(h, k, v, causal=h.size(1) > 1)
+            # A block of queries needs the causal mask; a single new query may see every cached key.
+            # Decided by Python state, never by a (symbolic, under torch.compile) length.
+            causal = cache is None or cache.length == 0
+            return self.self_attn(h, causal=causal, cache=cache, index=index)
 
         def cross_attention(h: torch.Tensor) -> torch.Tensor:
             state = cache.layers[index] if cache is not None else {}
             if "memory_k" not in state:  # computed once per sentence, reused at every step
-                state["memory_k"], state["memory_v"] = self.cross_attn.project_kv(memory)
-            return self.cross_attn.attend(h, state["memory_k"], state["memory_v"], mask=src_mask)
+                state["memory_k"], state["memory_v"] = self.cross_attn.project_memory(memory)
+            return self.cross_attn(h, state["memory_k"], state["memory_v"], src_bias)
 
         x = self.self_block(x, self_attention)
         x = self.cross_block(x, cross_attention)
@@ -327,8 +419,9 @@ class Transformer(nn.Module):
         """src (B, S) ids -> memory (B, S, D) and src_mask (B, 1, 1, S), True at real tokens."""
         src_mask = (src != self.pad_id)[:, None, None, :]
         x = self.src_embed(src)
+        bias = attention_bias(src_mask, x)
         for layer in self.encoder:
-            x = layer(x, src_mask)
+            x = layer(x, bias)
         return self.encoder_norm(x), src_mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
@@ -345,8 +438,9 @@ class Transformer(nn.Module):
         step); it is used outside autograd, with a plain output projection, and the result is returned.
         """
         x = self.tgt_embed(tgt_in, cache.length if cache is not None else 0)
+        bias = attention_bias(src_mask, x)
         for i, layer in enumerate(self.decoder):
-            x = layer(x, memory, src_mask, cache, i)
+            x = layer(x, memory, bias, cache, i)
         if cache is not None:
             cache.length += tgt_in.size(1)
         x = self.decoder_norm(x)

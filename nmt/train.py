@@ -1,9 +1,10 @@
-"""Training: label-smoothed loss, AdamW with inverse-sqrt warmup, the loop, validation and checkpoints."""
+"""Training: the loop with its schedule, DDP, compiling, validation, logging and checkpoints (the loss is
+nmt/loss.py, the optimizer side of an update nmt/optim.py)."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -22,110 +23,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from nmt import checkpoint, distributed
+from nmt import checkpoint, distributed, optim
 from nmt.config import TrainConfig
 from nmt.data import EpochBatches, TrainingData, collate, make_batches
 from nmt.errors import TrainingError
+from nmt.loss import label_smoothed_loss
 from nmt.model import Transformer
 from nmt.tokenizer import PAD_ID
 
 log = logging.getLogger(__name__)
-
-
-def label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
-                        chunk_elements: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed NLL of the logits hidden @ weight.T over non-padding targets.
-
-    hidden (n, D) decoder outputs, weight (V, D) the output projection, target (n,). Smoothing
-    spreads `smoothing` of the mass uniformly over the vocabulary but padding (Szegedy et al.,
-    2016), as in the transformer paper; padding's logit is -inf, so it is no class.
-
-    The logits are the largest tensors of a step, so they are never all made at once: a chunk of
-    `chunk_elements` logits at a time, each chunk's gradients (softmax minus the smoothed one-hot,
-    then through the projection) taken on the spot. On a CPU, chunks of 2^20 logits (4 MB) are
-    reused heap memory, where an (n, V) tensor is fresh pages from the system every step; a GPU
-    gets larger chunks (2^25), so that kernel launches stay few.
-    """
-    if chunk_elements is None:
-        chunk_elements = 2 ** 25 if hidden.is_cuda else 2 ** 20
-    return _SmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)))
-
-
-def _smoothed_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, u: torch.Tensor, smoothing: float,
-                    gradient: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Loss and NLL sums of one chunk of rows, and the softmax (rows, V) when `gradient`.
-
-    u (D,) is the sum of the real classes' weight rows, so a row's logit sum over the real classes
-    is h @ u, without a pass over the logits. Only two passes touch all of them besides the matrix
-    multiply: the row-wise fused log-softmax, and exp for the softmax.
-    """
-    assert PAD_ID == 0  # the classes are the columns after it
-    V = w.size(0)
-    x = (h @ w.t()).float()  # (rows, V) logits
-    x[:, PAD_ID] = float("-inf")
-    log_probs = torch.log_softmax(x, dim=-1)
-    real, zero = t != PAD_ID, x.new_zeros(())
-    nll = torch.where(real, -log_probs.gather(1, t[:, None]).squeeze(1), zero)  # -log p(target)
-    loss = (1 - smoothing) * nll
-    if smoothing:  # -mean log p over the real classes = log-normaliser - mean logit
-        normaliser = x.gather(1, t[:, None]).squeeze(1) + nll  # logit - log p of the target
-        loss = loss + smoothing * torch.where(real, normaliser - (h.float() @ u) / (V - 1), zero)
-    return loss.sum(), nll.sum(), log_probs.exp_() if gradient else None
-
-
-class _SmoothedLoss(torch.autograd.Function):
-    """`label_smoothed_loss` with its gradients made in the forward pass, chunk by chunk.
-
-    d(loss)/d(logits) is softmax - (1 - s) one_hot(target) - s / (V - 1) on the real classes, on
-    real rows. Only the softmax goes through the matrix multiplies; the two constant parts are
-    added to the gradients directly: rows of the weight for the hidden states' gradient, hidden
-    rows (and their sum) into the weight's gradient. No pass over the logits is spent on them.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,  # type: ignore[override]
-                rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        device = hidden.device.type
-        # Under autocast the matrix multiplies run in its dtype, spelled out: in-place ops are not autocast.
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        gradient = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if gradient else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if gradient else None
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        nll = torch.zeros_like(loss)
-        V = weight.size(0)
-        uniform = smoothing / (V - 1)
-        with torch.autocast(device, enabled=False):
-            w = weight.to(dtype)
-            u = weight[PAD_ID + 1:].float().sum(0)  # (D,) the real classes' rows summed
-            real_sum = torch.zeros(weight.size(1), dtype=torch.float32, device=hidden.device)
-            for start in range(0, hidden.size(0), rows):
-                h, t = hidden[start:start + rows].to(dtype), target[start:start + rows]
-                chunk_loss, chunk_nll, softmax = _smoothed_chunk(h, w, t, u, smoothing, gradient)
-                loss += chunk_loss
-                nll += chunk_nll
-                if softmax is None:
-                    continue
-                real = (t != PAD_ID)[:, None]
-                g_h = (softmax.to(dtype) @ w).float() - (1 - smoothing) * weight[t].float() - uniform * u
-                grad_hidden[start:start + rows] = g_h * real
-                h_real = (h * real).float()  # padding rows send no gradient anywhere
-                if dtype == torch.float32:
-                    grad_weight.addmm_(softmax.t(), h_real)
-                else:
-                    grad_weight += (softmax.to(dtype).t() @ h_real.to(dtype)).float()
-                grad_weight.index_add_(0, t, h_real, alpha=-(1 - smoothing))
-                real_sum += h_real.sum(0)
-            if gradient and smoothing:
-                grad_weight[PAD_ID + 1:] -= uniform * real_sum
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.mark_non_differentiable(nll)
-        return loss, nll
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor):  # type: ignore[override]
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad, grad_weight * grad, None, None, None
 
 
 def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
@@ -136,6 +42,47 @@ def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
             return 1.0 / math.sqrt(step)
         return min(step / warmup_steps, math.sqrt(warmup_steps / step))
     return factor
+
+
+def compiles(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the model runs under torch.compile: `train.compile`, where `auto` means on CUDA only.
+
+    On CUDA the compiled step fuses the element-wise work between the matrix multiplies into a few
+    kernels, where eager mode launches one per operator; on a CPU inductor's kernels measured no
+    faster than eager's (bench/README.md), and compiling costs a minute or more up front.
+    """
+    return device.type == "cuda" if config.compile == "auto" else bool(config.compile)
+
+
+def compile_model(net: torch.nn.Module, backend: str | Callable = "inductor",
+                  fallback: bool = False) -> Callable[..., torch.Tensor]:
+    """`net` under torch.compile with dynamic shapes: one graph (encoder and decoder) for batches of any size.
+
+    Sizes that happen to be equal in a batch (its source and target lengths, say) are not taken to
+    be equal always (dynamo's "duck sizing"), which would compile again at the next batch where they
+    differ, and again at each new coincidence. A batch of one sentence compiles once more (dynamo
+    specialises sizes of 1). With `fallback` (`train.compile: auto`), a compiler that fails (no
+    working triton, a GPU too old for it) leaves a warning and the eager model, not a crash.
+    """
+    from torch.fx.experimental import _config as shape_config
+
+    compiled = torch.compile(net, dynamic=True, backend=backend)
+    eager = False
+
+    def run(*args, **kwargs) -> torch.Tensor:
+        nonlocal eager
+        if not eager:
+            try:
+                with shape_config.patch(use_duck_shape=False):
+                    return compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 (the eager call below raises any error of the model itself)
+                if not fallback or isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                eager = True
+                log.warning("torch.compile failed, training without it (train.compile: false skips the attempt): %s",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return net(*args, **kwargs)
+    return run
 
 
 @dataclass
@@ -230,19 +177,25 @@ class Trainer:
         self.model, self.config, self.run_dir = model.to(device), config, run_dir
         self.corpus, self.valid, self.bleu, self.device = corpus, valid, bleu, device
         self.world, self.rank = distributed.world_size(), distributed.rank()
-        # Under torchrun the model runs wrapped in DDP, which averages gradients over ranks.
-        self.net = model if self.world == 1 else DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-        if config.compile:  # dynamic shapes: batches of new lengths do not recompile
-            self.net = torch.compile(self.net, dynamic=True)
-        # Fused AdamW (CPU and CUDA) is the fastest, and it can skip an update on the device's own
-        # verdict (`found_inf`), so a non-finite loss needs no host-device synchronisation per step.
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                           weight_decay=config.weight_decay, eps=1e-8, fused=True)
+        # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update.
+        self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16) if self._bf16() else None
+        computed = self.low_precision.module if self.low_precision else model
+        # Under torchrun that runs wrapped in DDP, which averages gradients over ranks. The position
+        # tables are constants, so DDP need not broadcast buffers before each forward, and the
+        # gradients live in its all-reduce buckets instead of beside them.
+        self.ddp = None if self.world == 1 else DistributedDataParallel(
+            computed, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            gradient_as_bucket_view=True)
+        self.net = self.ddp or computed
+        self.uncompiled = compiles(config, device)  # compiled at the first update, see `_compile_on_fixed_shapes`
+        if self.uncompiled:
+            self.net = compile_model(self.net, fallback=config.compile == "auto")
+        self.parameters = list(model.parameters())
+        self.optimizer = optim.adamw(self.parameters, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, inverse_sqrt(config.warmup_steps))
         self.progress = Progress()
-        # The moving average of the weights lives in a second model, so it saves and loads like one.
-        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if config.ema_decay else None
+        self.ema = optim.MovingAverage(model, config.ema_decay) if config.ema_decay else None
+        self.writer = checkpoint.BackgroundWriter()
         self.metrics = run_dir / "metrics.jsonl"
 
     # -- state -------------------------------------------------------------------------------
@@ -255,18 +208,18 @@ class Trainer:
             "torch_rng": distributed.gather(torch.get_rng_state()),
             "cuda_rng": distributed.gather(torch.cuda.get_rng_state() if self.device.type == "cuda" else torch.zeros(0)),
             "python_rng": json.dumps(random.getstate()),
-            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"ema": self.ema.model.state_dict()} if self.ema is not None else {}),
         }
 
     def resume(self, path: Path) -> None:
         """Restore weights, optimizer, scheduler, progress and RNG states from a step directory."""
         checkpoint.load_checkpoint_weights(self.model, path)
         state = checkpoint.load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(optim.upgrade_optimizer_state(state["optimizer"], self.model))
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            self.ema.model.load_state_dict(state["ema"])
         if len(state["torch_rng"]) == self.world:
             torch.set_rng_state(state["torch_rng"][self.rank])
             if self.device.type == "cuda" and state["cuda_rng"][self.rank].numel():
@@ -280,12 +233,32 @@ class Trainer:
         log.info("resumed from %s (step %d, epoch %d)", path, self.progress.step, self.progress.epoch)
 
     def save(self) -> None:
-        """Collective under DDP (every rank's RNG state is gathered); only rank 0 writes."""
+        """Collective under DDP (every rank's RNG state is gathered); only rank 0 writes.
+
+        The write happens in the background from a copy of the state taken now (`checkpoint.host_copy`),
+        so the next updates run meanwhile; `self.writer.wait()` waits for it.
+        """
         state = self.state()
-        if self.rank == 0:
-            checkpoint.save_checkpoint(self.run_dir, self.progress.step, self.model, state, self.config.keep_last)
-            if self.ema is not None:
-                checkpoint.save_ema(self.run_dir, self.progress.step, self.ema)
+        if self.rank != 0:
+            return
+        step, config, run_dir = self.progress.step, self.config, self.run_dir
+        weights = checkpoint.host_copy(self.model.state_dict())
+        state = checkpoint.host_copy(state)
+        ema = state["ema"] if self.ema is not None else None
+
+        def write() -> None:
+            checkpoint.save_checkpoint(run_dir, step, checkpoint.weights_of(weights), state, config.keep_last)
+            if ema is not None:
+                checkpoint.save_ema(run_dir, step, checkpoint.weights_of(ema))
+        self.writer.submit(write, after=self._copied())
+
+    def _copied(self):
+        """On CUDA, an event after the copies to the host queued so far, for the writer to wait on."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
 
     def _log(self, record: dict) -> None:
         if self.rank != 0:
@@ -332,54 +305,79 @@ class Trainer:
         Nothing here waits for the device: a non-finite loss or gradient makes the fused optimizer
         skip the update on the device, and the returned figures say so when they are read. Returns
         None when the update was skipped because even single sentences ran out of memory.
+
+        The gradients are summed over target tokens (and ranks); their division by the number of
+        target tokens of all ranks happens in the optimizer step (`optim.step`). So that number, with
+        the losses, takes one all-reduce after the backward instead of one before the forward.
         """
         self.model.train()
+        if self.low_precision is not None:
+            self.low_precision.module.train()
+            self.low_precision.refresh()
+        if self.uncompiled:
+            self._compile_on_fixed_shapes()
         collated = collated or collate_group(self.corpus, group, self.model.start_id)
-        counts = collated["counts"].to(self.device, non_blocking=True, copy=True)
-        if self.world > 1:  # summed over ranks on the device; the host never waits for it
-            counts = distributed.sum_(counts)
-            n_target = counts[0].float()
-        else:
-            n_target = int(collated["counts"][0])
         try:
-            total_loss, total_nll = self._accumulate(collated["inputs"], n_target)
+            losses = self._accumulate(collated["inputs"])
         except torch.OutOfMemoryError:
             if self.world > 1:  # ranks cannot retry on their own without deadlocking the others
                 raise TrainingError(f"out of memory at step {self.progress.step} on rank {self.rank}; "
                                     "lower train.max_tokens and raise train.accum_steps") from None
             return self._after_out_of_memory(group)
-        totals = distributed.sum_(torch.stack([total_loss, total_nll]).double())
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm or math.inf)
-        applied = torch.isfinite(totals).all() & torch.isfinite(norm)
-        self.optimizer.found_inf = (~applied).float()  # 1: the fused step leaves weights and moments as they are
-        self.optimizer.step()
+        counts = collated["counts"].to(self.device, non_blocking=True, copy=True)
+        totals = distributed.sum_(torch.cat([losses.double(), counts]))  # loss, NLL, target tokens, all tokens
+        applied = optim.step(self.optimizer, self.parameters, totals[2], self.config.clip_norm,
+                             torch.isfinite(totals[:2]).all())
         self.scheduler.step()
         if self.ema is not None:
-            with torch.no_grad():
-                rate = applied.float() * (1.0 - self.config.ema_decay)
-                for average, weight in zip(self.ema.parameters(), self.model.parameters()):
-                    average.lerp_(weight, rate)
+            self.ema.update(applied)
         self.optimizer.zero_grad(set_to_none=True)
-        figures = torch.cat([totals, applied.double().view(1), counts])  # all float64, on the device
+        figures = torch.cat([totals[:2], applied.double().view(1), totals[2:]])  # all float64, on the device
         return Update(self.progress.step + 1, figures)
 
-    def _accumulate(self, inputs: list[dict[str, torch.Tensor]], n_target) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and backward over each batch; gradients sum to those of the loss per target token.
+    def _accumulate(self, inputs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Forward and backward over each batch; the gradients sum to those of the summed loss over all ranks.
 
-        `n_target` counts the target tokens of all ranks (a device tensor under DDP); DDP averages
-        gradients over ranks, so each rank scales its loss by the world size to get the sum over the
-        global batch. Returns the summed loss and NLL of this rank's batches, on the device.
+        DDP averages gradients over ranks, so each rank scales its loss by the world size. Returns the
+        summed loss and NLL of this rank's batches (2,), on the device. One autocast region for all
+        batches: the weights are cast to its dtype once per update, not once per batch.
         """
-        total_loss = total_nll = torch.zeros((), device=self.device)
-        for index, x in enumerate(inputs):
-            x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
-            last = index == len(inputs) - 1
-            with self._autocast(), (nullcontext() if last or self.world == 1 else self.net.no_sync()):
-                loss, nll = self._batch_loss(self.net, x, self.config.label_smoothing)
-                (loss * self.world / n_target).backward()
-            total_loss = total_loss + loss.detach().float()
-            total_nll = total_nll + nll.float()
-        return total_loss, total_nll
+        totals = None
+        with self._autocast():
+            for index, x in enumerate(inputs):
+                x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
+                last = index == len(inputs) - 1
+                with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                    loss, nll = self._batch_loss(self.net, x, self.config.label_smoothing)
+                    (loss * self.world if self.world > 1 else loss).backward()
+                if self.low_precision is not None and (last or self.ddp is None):
+                    # Under DDP the bf16 gradients of no_sync batches sum in DDP's buckets until the last one.
+                    self.low_precision.hand_off(first=index == 0 or self.ddp is not None)
+                batch = torch.stack([loss.detach(), nll])
+                totals = batch if totals is None else totals + batch
+        return totals
+
+    def _compile_on_fixed_shapes(self) -> None:
+        """Compile the step (forward and backward) on a made-up batch of fixed shape, leaving no trace.
+
+        Inductor picks its kernels by the sizes of the batch it compiles on, so a run compiled on its
+        first batch and one resumed at a later batch would compute with different kernels and drift
+        apart in the last bits. Compiled on the same made-up batch, they use the same ones and resume
+        exactly. The RNG states are put back and the gradients dropped.
+        """
+        self.uncompiled = False
+        B, S, T = 16, 21, 22
+        tokens = torch.Generator().manual_seed(0)
+        x = {"src": torch.randint(4, self.model.src_embed.tokens.num_embeddings, (B, S), generator=tokens),
+             "tgt_in": torch.randint(4, self.model.tgt_embed.tokens.num_embeddings, (B, T), generator=tokens),
+             "targets": torch.arange(B * T)}
+        x["tgt_out"] = x["tgt_in"]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), self._autocast():
+            loss, _ = self._batch_loss(self.net, {k: v.to(self.device) for k, v in x.items()}, 0.0)
+            loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.low_precision is not None:
+            self.low_precision.clear()
 
     def _batch_loss(self, net: torch.nn.Module, x: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss and NLL of one collated batch (on the device) through `net`, the model or its wrapper."""
@@ -389,6 +387,8 @@ class Trainer:
     def _after_out_of_memory(self, group: list[np.ndarray]) -> Optional[Update]:
         """Retry the update with every batch split in two, and lower the budget of later epochs."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.low_precision is not None:
+            self.low_precision.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.progress.budget_scale *= 0.8
@@ -404,11 +404,12 @@ class Trainer:
                     self.progress.step, self.progress.budget_scale)
         return self._update(halves)
 
-    def _autocast(self):
+    def _bf16(self) -> bool:
         precision = self.config.precision
-        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self._bf16() else nullcontext()
 
     def _stop_reason(self, started: float) -> Optional[str]:
         """Why to stop now, or None; rank 0 decides for all ranks."""
@@ -494,6 +495,9 @@ class Trainer:
                         self._checkpoint(started)
                         last_saved = p.step
                     reason = self._stop_reason(started)
+        except BaseException:
+            self._wait_for_writer_quietly()  # the error in hand is the one to report
+            raise
         finally:
             bar.close()  # also when an error stops the run, so the terminal line is finished
             del stream  # stops the loader's worker processes
@@ -502,12 +506,19 @@ class Trainer:
             self.validate()
         if p.step != last_saved or p.step == 0:
             self._checkpoint(started)
+        self.writer.wait()  # the last checkpoint is on disk before the run says it stopped
         self._log({"step": p.step, "event": "stop", "reason": reason})
         if reason == INTERRUPTED:
             log.warning("interrupted at step %d, saved there; run the same command to resume", p.step)
             raise KeyboardInterrupt
         log.info("stopped at step %d: %s", p.step, reason)
         return reason
+
+    def _wait_for_writer_quietly(self) -> None:
+        try:
+            self.writer.wait()
+        except Exception as exc:  # noqa: BLE001 (logged; another error is on its way up)
+            log.error("writing a checkpoint failed too: %s", exc)
 
     def _settle(self, pending: list[Update], window: dict) -> None:
         """Read the pending updates' figures (one host-device synchronisation) and account for them in order.
@@ -532,6 +543,7 @@ class Trainer:
             self._log({"step": step, "event": "update_skipped", "in_a_row": p.nonfinite})
             log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, p.nonfinite)
             if p.nonfinite >= self.config.max_nonfinite:
+                self.writer.wait()
                 latest = checkpoint.latest_checkpoint(self.run_dir)
                 kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written"
                 raise TrainingError(f"the loss or gradient was not finite for {p.nonfinite} updates in a row at step "
@@ -592,7 +604,9 @@ class Trainer:
             record["valid_bleu"] = bleu
             if bleu > p.best_bleu:
                 p.best_bleu, p.bad_validations = bleu, 0
-                checkpoint.save_best(self.run_dir, p.step, self.model, {"valid_bleu": f"{bleu:.2f}"})
+                weights = checkpoint.weights_of(checkpoint.host_copy(self.model.state_dict()))
+                self.writer.submit(functools.partial(checkpoint.save_best, self.run_dir, p.step, weights,
+                                                     {"valid_bleu": f"{bleu:.2f}"}), after=self._copied())
             else:
                 p.bad_validations += 1
         self._log(record)

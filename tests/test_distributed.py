@@ -54,6 +54,48 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path: Path) -> 
     assert reference.progress.batch_index == 4  # both consumed the same 2 x 2 batches
 
 
+def _count_collectives(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    """Three updates; the collectives of the third (DDP has rebuilt its buckets after the first two)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Collectives(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "c10d":
+                self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        trainer = make_trainer(Path(run_dir), *SAME_STEP)
+        stream = trainer._stream()
+        items = [next(stream) for _ in range(3)]
+        for item in items[:2]:
+            trainer._update(item["group"], item)
+        with Collectives() as seen:
+            trainer._update(items[2]["group"], items[2])
+        buckets = len(trainer.ddp._get_ddp_logging_data()["bucket_sizes"].split(","))
+        if rank == 0:
+            Path(out).write_text(json.dumps({"collectives": seen.names, "buckets": buckets}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_update_makes_one_all_reduce_besides_the_gradients(tmp_path: Path) -> None:
+    """Per update: DDP's gradient buckets and one all-reduce of the losses and token counts, no broadcast."""
+    config = load_config(None, ["tokenizer.vocab_size=48"])
+    prepare_tokenizer(config.tokenizer, tmp_path, *toy_pairs(120))
+    out = tmp_path / "collectives.json"
+    mp.spawn(_count_collectives, args=(2, free_port(), str(tmp_path), str(out)), nprocs=2, join=True)
+    found = json.loads(out.read_text())
+    assert found["collectives"] == ["allreduce_"] * (found["buckets"] + 1), found
+
+
 def test_nmt_train_under_torchrun(toy_corpus: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     sets = [*TINY, f"data.train={toy_corpus / 'train'}", f"data.valid={toy_corpus / 'valid'}", "train.max_steps=12",

@@ -190,3 +190,34 @@ def test_cpu_dropout_is_seeded_and_its_gradient_is_the_mask() -> None:
     assert ((x.grad == 0) | torch.isclose(x.grad, torch.tensor(1 / 0.75), atol=1e-4)).all()
     assert 0 < (x.grad == 0).sum() < x.numel()
     assert torch.equal(dropout.eval()(x), x)
+
+
+def test_weights_with_separate_projections_load(tmp_path) -> None:
+    """Checkpoints written before the attention projections were fused (q_proj, k_proj, v_proj apart,
+    as MarianMT has them too) load into the fused layers and compute the same outputs."""
+    from safetensors.torch import save_file
+
+    from nmt import checkpoint
+    from nmt.model import split_projections
+
+    model = make_model("model.norm_first=false")
+    separate = split_projections(model.state_dict())
+    assert {"encoder.0.self_attn.q_proj.weight", "decoder.1.self_attn.v_proj.bias", "decoder.0.cross_attn.q_proj.weight",
+            "decoder.0.cross_attn.k_proj.weight"} <= set(separate)
+    assert not [name for name in separate if "qkv_proj" in name or "kv_proj" in name]
+    assert separate["encoder.0.self_attn.k_proj.weight"].shape == (64, 64)
+    save_file(checkpoint.weights_of(separate), str(tmp_path / "old.safetensors"))
+    torch.manual_seed(5)
+    fresh = Transformer(model.config, V, V).eval()
+    checkpoint.load_weights(fresh, tmp_path / "old.safetensors")
+    src, tgt = batch()
+    assert torch.equal(fresh(src, tgt), model(src, tgt))
+
+
+
+def test_fused_names_of_a_state_dict() -> None:
+    from nmt.model import fused_names, split_projections
+
+    state = make_model().state_dict()
+    again = fused_names(split_projections(state))
+    assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)

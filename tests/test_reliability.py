@@ -217,3 +217,29 @@ def test_an_interrupted_translation_continues_where_it_stopped(untrained_model: 
     pipeline.translate_file(untrained_model, source, None, beam=2, nbest=2, device="cpu", stdout=nbest)
     numbers = [int(line.split(" ||| ")[0]) for line in nbest.getvalue().splitlines()]
     assert numbers == [i for i in range(10) for _ in range(1 if i == 5 else 2)]  # the empty line 5 has one
+
+
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An old checkpoint is renamed out of sight before its files go, so a kill in the middle of deleting
+    it leaves every visible checkpoint whole; the next save clears what the kill left."""
+    import shutil
+
+    trainer = make_trainer(tmp_path, "train.max_steps=1")
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        path = Path(path)
+        if path.name.endswith(".deleted") and (path / checkpoint.WEIGHTS).exists():
+            (path / checkpoint.WEIGHTS).unlink()  # one file gone, then the process dies
+            raise SystemExit("killed")
+        return real_rmtree(path, *args, **kwargs)
+
+    checkpoint.save_checkpoint(tmp_path, 1, trainer.model, {}, keep_last=1)
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(SystemExit):
+        checkpoint.save_checkpoint(tmp_path, 2, trainer.model, {}, keep_last=1)
+    assert [d.name for d in checkpoint.step_checkpoints(tmp_path)] == ["step_00000002"]
+    assert_all_checkpoints_readable(tmp_path)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    checkpoint.save_checkpoint(tmp_path, 3, trainer.model, {}, keep_last=1)
+    assert sorted(p.name for p in checkpoint.checkpoint_dir(tmp_path).iterdir()) == ["latest", "step_00000003"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import toy_pairs, write_pair
 from nmt import checkpoint
@@ -15,7 +16,24 @@ from nmt.data import prepare_corpora
 from nmt.errors import CheckpointError
 from nmt.model import Transformer
 from nmt.tokenizer import PAD_ID, prepare_tokenizer
-from nmt.train import Trainer, inverse_sqrt, label_smoothed_loss
+from nmt.train import Trainer, compile_model, inverse_sqrt, label_smoothed_loss
+
+
+class Operators(TorchDispatchMode):
+    """The names of the operators dispatched while active, less those that only make a view."""
+
+    views = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "slice", "select", "unsqueeze",
+             "squeeze", "detach", "alias", "as_strided", "unbind", "lift_fresh", "_record_function_enter_new",
+             "_record_function_exit"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in self.views:
+            self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
 
 
 def test_label_smoothed_loss_and_gradients_match_the_definition() -> None:
@@ -98,13 +116,16 @@ def test_loss_falls_on_one_batch(tmp_path: Path) -> None:
     assert torch.count_nonzero(trainer.model.tgt_embed.tokens.weight[PAD_ID]) == 0
 
 
-def test_resume_continues_the_same_run(tmp_path: Path) -> None:
-    """Stopping after 6 updates and resuming to 13 equals 13 uninterrupted updates, bit for bit."""
-    straight = make_trainer(tmp_path / "a", "train.max_steps=13")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_resume_continues_the_same_run(tmp_path: Path, compiled: bool) -> None:
+    """Stopping after 6 updates and resuming to 13 equals 13 uninterrupted updates, bit for bit, eager or
+    compiled (a compiled run resumed at a later batch must pick the same kernels as the straight run)."""
+    flag = f"train.compile={str(compiled).lower()}"
+    straight = make_trainer(tmp_path / "a", "train.max_steps=13", flag)
     straight.train()
-    first = make_trainer(tmp_path / "b", "train.max_steps=6")
+    first = make_trainer(tmp_path / "b", "train.max_steps=6", flag)
     first.train()
-    resumed = make_trainer(tmp_path / "b", "train.max_steps=13")
+    resumed = make_trainer(tmp_path / "b", "train.max_steps=13", flag)
     resumed.resume(checkpoint.latest_checkpoint(tmp_path / "b"))
     assert resumed.progress.step == 6
     resumed.train()
@@ -232,6 +253,46 @@ def test_average_of_the_last_checkpoints(tmp_path: Path) -> None:
         checkpoint.average_checkpoints(tmp_path, 4)
 
 
+CPU_AND_GPU = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                      reason="needs a CUDA GPU")])]
+
+
+@pytest.mark.parametrize("device", CPU_AND_GPU)
+def test_training_forward_compiles_to_one_graph(device: str) -> None:
+    """Under torch.compile(dynamic=True) encoder and decoder trace into one graph, without a graph break,
+    and batches of 50 random shapes compile at most twice more (a batch of one sentence compiles once
+    more). As training runs under bf16: the twin with bf16 linear weights, under autocast."""
+    import random
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from nmt.optim import LowPrecisionCopy
+
+    graphs = []
+
+    def counting_backend(graph, example_inputs):  # no inductor: the graphs run as traced
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    config = load_config(None, ["model.preset=tiny", "model.norm_first=false", "model.attention_dropout=0.1"])
+    model = LowPrecisionCopy(Transformer(config.model, 40, 40).to(device), torch.bfloat16).module.train()
+    compiled = compile_model(model, backend=counting_backend)
+    rng = random.Random(0)
+    for _ in range(50):
+        B, S, T = rng.choice([1, *range(2, 9)]), rng.randint(2, 12), rng.randint(2, 12)  # a source holds EOS and more
+        src, tgt = torch.randint(1, 40, (B, S), device=device), torch.randint(1, 40, (B, T), device=device)
+        keep = torch.arange(rng.randint(2, B * T), device=device)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            assert compiled(src, tgt, keep, project=False).shape == (keep.numel(), 64)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert len(graphs) <= 3, f"{len(graphs)} compilations"  # the first and at most 2 recompilations
+    torch._dynamo.reset()
+
+
 def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     pytest.importorskip("torch._inductor")
     eager = make_trainer(tmp_path / "eager", "model.dropout=0.0")
@@ -249,13 +310,14 @@ def test_moving_average_of_the_weights(tmp_path: Path) -> None:
     for batch in (list(range(16)), list(range(16, 32))):
         assert trainer._update([batch]).figures[2] == 1.0  # applied
         expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, trainer.model.parameters())]
-    for found, wanted in zip(trainer.ema.parameters(), expected):
+    for found, wanted in zip(trainer.ema.model.parameters(), expected):
         torch.testing.assert_close(found, wanted)
-    assert not all(torch.equal(a, b) for a, b in zip(trainer.ema.parameters(), trainer.model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(trainer.ema.model.parameters(), trainer.model.parameters()))
     trainer.save()  # the average goes into the trainer state (for resume) and into checkpoints/ema_*
+    trainer.writer.wait()  # written in the background
     again = make_trainer(tmp_path, "model.dropout=0.0", "train.ema_decay=0.9")
     again.resume(checkpoint.latest_checkpoint(tmp_path))
-    assert all(torch.equal(a, b) for a, b in zip(again.ema.parameters(), trainer.ema.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(again.ema.model.parameters(), trainer.ema.model.parameters()))
     assert checkpoint.use_ema(tmp_path) == checkpoint.inference_checkpoint(tmp_path)
     assert checkpoint.inference_checkpoint(tmp_path).name.startswith("ema_")
 
@@ -266,7 +328,7 @@ def test_skipped_update_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 
     trainer = make_trainer(tmp_path, "train.ema_decay=0.9")
     assert trainer._update([list(range(16))]).figures[2] == 1.0
-    snapshot = lambda: [t.clone() for t in (*trainer.model.parameters(), *trainer.ema.parameters())]  # noqa: E731
+    snapshot = lambda: [t.clone() for t in (*trainer.model.parameters(), *trainer.ema.model.parameters())]  # noqa: E731
     moments = lambda: [v.clone() for s in trainer.optimizer.state.values() for v in s.values()]  # noqa: E731
     weights, state = snapshot(), moments()
     real_loss = train_module.label_smoothed_loss
@@ -289,15 +351,149 @@ def test_loader_workers_change_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_training_step_does_not_wait_for_the_gpu(tmp_path: Path) -> None:
-    """Between the points where figures are read, an update never synchronises host and device."""
-    trainer = make_trainer(tmp_path, device="cuda")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_training_step_does_not_wait_for_the_gpu(tmp_path: Path, compiled: bool) -> None:
+    """Between the points where figures are read, an update never synchronises host and device: bf16
+    through the twin, clipping and the step on the device, the moving average too; eager and compiled."""
+    trainer = make_trainer(tmp_path, "train.ema_decay=0.999", f"train.compile={str(compiled).lower()}", device="cuda")
     stream = trainer._stream()
-    items = [next(stream) for _ in range(3)]
-    trainer._update(items[0]["group"], items[0])  # the first step allocates optimizer state
+    items = [next(stream) for _ in range(4)]
+    for item in items[:2]:  # the first steps allocate optimizer state and compile
+        trainer._update(item["group"], item)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        updates = [trainer._update(item["group"], item) for item in items[1:]]
+        updates = [trainer._update(item["group"], item) for item in items[2:]]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(u.figures[2].item() == 1.0 for u in updates)
+
+
+def test_checkpoints_are_written_in_the_background_from_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save() returns while its files are still being written; they hold the state at the call, although
+    training changes the weights meanwhile; a run stopped (a second Ctrl-C) while a write is in flight
+    waits for it, and that checkpoint is complete."""
+    import threading
+
+    from safetensors.torch import load_file
+
+    trainer = make_trainer(tmp_path, "train.max_steps=10", "train.save_every=3")
+    started, release = threading.Event(), threading.Event()
+    real_save = checkpoint.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", slow_save)
+    trainer._update([list(range(16))])
+    trainer.progress.step = 1
+    expected = {name: t.clone() for name, t in trainer.model.state_dict().items()}
+    trainer.save()
+    assert started.wait(30) and checkpoint.latest_checkpoint(tmp_path) is None  # in flight
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    release.set()
+    trainer.writer.wait()
+    saved = load_file(str(checkpoint.latest_checkpoint(tmp_path) / checkpoint.WEIGHTS))
+    assert saved and all(torch.equal(t, expected[name]) for name, t in saved.items())
+
+    release.clear()
+    real_update = trainer._update
+
+    def second_ctrl_c(group, collated=None):
+        if trainer.progress.step == 4:  # the checkpoint of step 3 is being written
+            threading.Timer(0.5, release.set).start()
+            raise KeyboardInterrupt
+        return real_update(group, collated)
+
+    monkeypatch.setattr(trainer, "_update", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest.name == "step_00000003" and checkpoint.load_state(latest)["progress"]["step"] == 3
+    checkpoint.verify(latest)
+    assert not list(checkpoint.checkpoint_dir(tmp_path).glob("*.tmp"))
+
+
+def test_bf16_weights_cast_once_give_autocast_gradients(tmp_path: Path) -> None:
+    """Under bf16 the update runs through bf16 copies of the linear weights, made once per update; the
+    gradients it leaves on the fp32 weights are exactly those of autocast's cast at every use."""
+    import copy
+
+    trainer = make_trainer(tmp_path, "model.dropout=0.0", "train.precision=bf16", "train.accum_steps=2")
+    reference = copy.deepcopy(trainer.model)
+    groups = [np.arange(16), np.arange(16, 30)]
+    inputs = [trainer.corpus.collate(b, trainer.model.start_id) for b in groups]
+    trainer.low_precision.refresh()
+    trainer._accumulate(inputs)
+    for x in inputs:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = reference(x["src"], x["tgt_in"], x["targets"], project=False)
+            loss, _ = label_smoothed_loss(hidden, reference.output_weight(), x["tgt_out"].view(-1)[x["targets"]],
+                                          trainer.config.label_smoothing)
+        loss.backward()
+    for (name, expected), found in zip(reference.named_parameters(), trainer.model.parameters()):
+        assert found.grad is not None and torch.equal(found.grad, expected.grad), name
+    assert all(c.grad is None for c in trainer.low_precision.copies)  # handed off
+    assert trainer.low_precision.copies[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("device", CPU_AND_GPU)
+def test_operators_of_a_bf16_update_do_not_grow_with_the_parameters(tmp_path: Path, device: str) -> None:
+    """Kernel launches bound a GPU update: counted here as the operators dispatched (views aside) by an
+    update under bf16 with a moving average, for 1+1 and 3+3 layers. Per added encoder+decoder layer
+    (32 parameter tensors) they grow by the layers' own work (130 today), not by a cast of each
+    weight at each use or an average step per tensor (274 before: 4 casts per linear layer's tensor
+    and a lerp_ per tensor)."""
+    counted = {}
+    for layers in (1, 3):
+        trainer = make_trainer(tmp_path / str(layers), "train.precision=bf16", "train.ema_decay=0.99",
+                               f"model.n_encoder_layers={layers}", f"model.n_decoder_layers={layers}", "train.compile=false",
+                               device=device)
+        trainer._update([list(range(16))])  # the first update allocates the optimizer's state
+        with Operators() as seen:
+            trainer._update([list(range(16))])
+        counted[layers] = seen.names
+        assert "lerp_" not in seen.names and seen.names.count("_fused_adamw_") == 1
+    assert (len(counted[3]) - len(counted[1])) / 2 <= 150
+    assert (counted[3].count("_to_copy") - counted[1].count("_to_copy")) / 2 <= 30  # activations' casts only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_update_of_the_gpu_profile_dispatches_under_half_the_operators(tmp_path: Path) -> None:
+    """The GPU recipe's update (6+6 layers, 8,192-token batch, bf16, moving average), eager: at most half
+    of the 1,637 operators (views aside) the code dispatched before the launches were cut."""
+    import random
+
+    from nmt.data import token_pairs
+
+    config = load_config(Path(__file__).resolve().parents[1] / "recipes" / "multi30k-gpu.yaml", ["train.compile=false"])
+    rng = random.Random(0)
+    pairs = [[[rng.randrange(4, 10000) for _ in range(rng.randint(10, 18))] for _ in range(2)] for _ in range(215)]
+    corpus = token_pairs([p[0] for p in pairs], [p[1] for p in pairs], tmp_path / "tokens.arrow")
+    trainer = Trainer(Transformer(config.model, 10000, 10000), config.train, tmp_path, corpus, device=torch.device("cuda"))
+    group = [np.arange(len(pairs))]
+    for _ in range(2):
+        trainer._update(group)
+    with Operators() as seen:
+        trainer._update(group)
+    assert len(seen.names) <= 1637 // 2, len(seen.names)
+
+
+def test_a_failing_compiler_falls_back_to_eager_under_auto() -> None:
+    import torch._dynamo
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("Cannot find a working triton installation")
+
+    torch._dynamo.reset()
+    model = Transformer(load_config(None, ["model.preset=tiny"]).model, 40, 40)
+    src, tgt = torch.randint(1, 40, (3, 5)), torch.randint(1, 40, (3, 4))
+    with pytest.raises(Exception, match="triton"):
+        compile_model(model, backend=broken_backend)(src, tgt)
+    torch._dynamo.reset()
+    assert compile_model(model, backend=broken_backend, fallback=True)(src, tgt).shape == (3, 4, 40)
+    torch._dynamo.reset()

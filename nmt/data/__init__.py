@@ -9,10 +9,11 @@
 
 from nmt.data.batching import EpochBatches, TrainingData, collate, epoch_batches, make_batches, model_inputs, pad
 from nmt.data.cleaning import CleanStats, SentenceSample
-from nmt.data.prepare import Preparation, cache_root, prepare_corpora, sample_corpus
+from nmt.data.prepare import Preparation, cache_root, prepare_corpora, sample_corpus, token_pairs
 from nmt.data.reading import CorpusSource, LineBlocks, check_output_path, open_corpus, read_corpus, read_lines
 from nmt.data.store import TokenStore
 
 __all__ = ["CleanStats", "CorpusSource", "EpochBatches", "LineBlocks", "Preparation", "SentenceSample", "TokenStore",
            "TrainingData", "cache_root", "check_output_path", "collate", "epoch_batches", "make_batches",
-           "model_inputs", "open_corpus", "pad", "prepare_corpora", "read_corpus", "read_lines", "sample_corpus"]
+           "model_inputs", "open_corpus", "pad", "prepare_corpora", "read_corpus", "read_lines", "sample_corpus",
+           "token_pairs"]

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from itertools import compress
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -294,3 +294,10 @@ def prepare_corpora(config: DataConfig, tokenizer: Tokenizer, quiet: bool = Fals
     """The token stores of `config.train` for a given tokenizer, prepared and cached first where need be."""
     with Preparation(config, config.workers, quiet) as preparation:
         return preparation.finish(tokenizer)
+
+
+def token_pairs(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], path: Path) -> TrainingData:
+    """TrainingData of token-id pairs given in memory, stored (uncleaned) at `path`: for benchmarks and tests."""
+    with StoreWriter(path, id_dtype(1 + max((max(s, default=0) for s in (*src, *tgt)), default=0))) as writer:
+        writer.write(src, tgt)
+    return TrainingData([TokenStore(path)], [str(path)], [1.0], [CleanStats(read=len(src), kept=len(src))])

@@ -1,0 +1,107 @@
+"""The label-smoothed cross-entropy of the output projection, chunked, with its gradients made on the spot."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from nmt.tokenizer import PAD_ID
+
+
+def label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
+                        chunk_elements: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed cross-entropy and summed NLL of the logits hidden @ weight.T over non-padding targets.
+
+    hidden (n, D) decoder outputs, weight (V, D) the output projection, target (n,). Smoothing
+    spreads `smoothing` of the mass uniformly over the vocabulary but padding (Szegedy et al.,
+    2016), as in the transformer paper; padding's logit is -inf, so it is no class.
+
+    The logits are the largest tensors of a step, so they are never all made at once: a chunk of
+    `chunk_elements` logits at a time, each chunk's gradients (softmax minus the smoothed one-hot,
+    then through the projection) taken on the spot. On a CPU, chunks of 2^20 logits (4 MB) are
+    reused heap memory, where an (n, V) tensor is fresh pages from the system every step; a GPU
+    gets larger chunks (2^25), so that kernel launches stay few.
+    """
+    if chunk_elements is None:
+        chunk_elements = 2 ** 25 if hidden.is_cuda else 2 ** 20
+    return _SmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)))
+
+
+def _smoothed_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, u: torch.Tensor, smoothing: float,
+                    gradient: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Loss and NLL sums of one chunk of rows, and the softmax (rows, V) when `gradient`.
+
+    u (D,) is the sum of the real classes' weight rows, so a row's logit sum over the real classes
+    is h @ u, without a pass over the logits. Only two passes touch all of them besides the matrix
+    multiply: the row-wise fused log-softmax, and exp for the softmax.
+    """
+    assert PAD_ID == 0  # the classes are the columns after it
+    V = w.size(0)
+    x = (h @ w.t()).float()  # (rows, V) logits
+    x[:, PAD_ID] = float("-inf")
+    log_probs = torch.log_softmax(x, dim=-1)
+    real, zero = t != PAD_ID, x.new_zeros(())
+    nll = torch.where(real, -log_probs.gather(1, t[:, None]).squeeze(1), zero)  # -log p(target)
+    loss = (1 - smoothing) * nll
+    if smoothing:  # -mean log p over the real classes = log-normaliser - mean logit
+        normaliser = x.gather(1, t[:, None]).squeeze(1) + nll  # logit - log p of the target
+        loss = loss + smoothing * torch.where(real, normaliser - (h.float() @ u) / (V - 1), zero)
+    return loss.sum(), nll.sum(), log_probs.exp_() if gradient else None
+
+
+class _SmoothedLoss(torch.autograd.Function):
+    """`label_smoothed_loss` with its gradients made in the forward pass, chunk by chunk.
+
+    d(loss)/d(logits) is softmax - (1 - s) one_hot(target) - s / (V - 1) on the real classes, on
+    real rows. Only the softmax goes through the matrix multiplies; the two constant parts are
+    added to the gradients directly: rows of the weight for the hidden states' gradient, hidden
+    rows (and their sum) into the weight's gradient. No pass over the logits is spent on them.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,  # type: ignore[override]
+                rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        device = hidden.device.type
+        # Under autocast the matrix multiplies run in its dtype, spelled out: in-place ops are not autocast.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        gradient = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if gradient else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if gradient else None
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        nll = torch.zeros_like(loss)
+        V = weight.size(0)
+        uniform = smoothing / (V - 1)
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            u = weight[PAD_ID + 1:].float().sum(0)  # (D,) the real classes' rows summed
+            real_sum = torch.zeros(weight.size(1), dtype=torch.float32, device=hidden.device)
+            for start in range(0, hidden.size(0), rows):
+                h, t = hidden[start:start + rows].to(dtype), target[start:start + rows]
+                chunk_loss, chunk_nll, softmax = _smoothed_chunk(h, w, t, u, smoothing, gradient)
+                loss += chunk_loss
+                nll += chunk_nll
+                if softmax is None:
+                    continue
+                real = (t != PAD_ID)[:, None]
+                softmax_low = softmax.to(dtype)  # the matrix multiplies' dtype (the same tensor in fp32)
+                g_h = (softmax_low @ w).float() - (1 - smoothing) * weight[t].float() - uniform * u
+                grad_hidden[start:start + rows] = g_h * real
+                h_real_low = h * real  # padding rows send no gradient anywhere
+                h_real = h_real_low.float()
+                if dtype == torch.float32:
+                    grad_weight.addmm_(softmax.t(), h_real)
+                else:
+                    grad_weight += (softmax_low.t() @ h_real_low).float()
+                grad_weight.index_add_(0, t, h_real, alpha=-(1 - smoothing))
+                real_sum += h_real.sum(0)
+            if gradient and smoothing:
+                grad_weight[PAD_ID + 1:] -= uniform * real_sum
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor):  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad, grad_weight * grad, None, None, None
