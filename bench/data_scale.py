@@ -129,6 +129,7 @@ def train_run(run_dir: Path, corpus: str, cache: Path, steps: int, extra: list[s
     before = {r.get("step") for r in _metrics(run_dir)}
     log = run_dir.parent / f"{run_dir.name}.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    offset = log.stat().st_size if log.exists() else 0  # a resumed run appends to its run's log
     started = time.perf_counter()
     with open(log, "a") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
@@ -146,7 +147,9 @@ def train_run(run_dir: Path, corpus: str, cache: Path, steps: int, extra: list[s
         sampler.join()
     if process.returncode != 0:
         raise SystemExit(f"nmt train failed ({process.returncode}); see {log}")
-    text = log.read_text()
+    with open(log, "rb") as err:
+        err.seek(offset)
+        text = err.read().decode("utf-8", "replace")  # this run's lines only
     phases = {}
     for name, pattern in PHASES.items():
         found = pattern.findall(text)

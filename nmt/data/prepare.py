@@ -164,8 +164,8 @@ def _tokenize(scan: _Scan, tokenizer: Tokenizer, config: DataConfig, path: Path,
     finally:
         _job = None
     seconds = time.monotonic() - started
-    log.info("%s: %s pairs in %.1f s (%s pairs/s, %d processes)", desc, f"{len(scan.keep):,}", seconds,
-             f"{len(scan.keep) / max(seconds, 1e-9):,.0f}", workers)
+    log.info("%s: %s pairs in %.1f s (%s pairs/s, %d process%s)", desc, f"{len(scan.keep):,}", seconds,
+             f"{len(scan.keep) / max(seconds, 1e-9):,.0f}", workers, "" if workers == 1 else "es")
     return stats
 
 
