@@ -38,6 +38,13 @@ def write_pair(prefix: Path, src: list[str], tgt: list[str], src_lang: str = "xx
     return prefix
 
 
+def write_splits(directory: Path, sizes: tuple[int, int, int], src_lang: str = "xx", tgt_lang: str = "yy") -> Path:
+    """Toy train, val and test_2016_flickr pairs in DIRECTORY, laid out as the recipes read Multi30k."""
+    for (name, seed), n in zip((("train", 1), ("val", 2), ("test_2016_flickr", 3)), sizes):
+        write_pair(directory / name, *toy_pairs(n, seed), src_lang, tgt_lang)
+    return directory
+
+
 # Small enough to train in seconds on one CPU core, big enough to learn the toy pair.
 TINY = [
     "data.src_lang=xx", "data.tgt_lang=yy",

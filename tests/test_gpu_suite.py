@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import toy_pairs
+from conftest import write_splits
 
 SUITE = Path(__file__).resolve().parents[1] / "bench" / "gpu_suite.sh"
 
@@ -18,12 +18,7 @@ SUITE = Path(__file__).resolve().parents[1] / "bench" / "gpu_suite.sh"
 @pytest.mark.slow
 def test_gpu_suite_dry_run_on_the_cpu(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    data = tmp_path / "data"
-    data.mkdir()
-    for name, n, seed in (("train", 400, 1), ("val", 20, 2), ("test_2016_flickr", 20, 3)):
-        src, tgt = toy_pairs(n, seed)
-        (data / f"{name}.en").write_text("\n".join(src) + "\n", encoding="utf-8")
-        (data / f"{name}.de").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    data = write_splits(tmp_path / "data", (400, 20, 20), "en", "de")
     ops_config = tmp_path / "ops.yaml"
     ops_config.write_text("model: {preset: tiny, norm_first: false}\ntokenizer: {vocab_size: 64}\ntrain: {max_tokens: 600}\n")
     tiny = ["model.preset=tiny", "tokenizer.vocab_size=64", "train.max_steps=6", "train.save_every=3",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import toy_pairs
+from conftest import write_splits
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "multi30k.sh"
 
@@ -24,12 +24,7 @@ def run_recipe(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 def test_recipe_end_to_end(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    for name, n, seed in (("train", 600, 1), ("val", 30, 2), ("test_2016_flickr", 30, 3)):
-        src, tgt = toy_pairs(n, seed)
-        (data / f"{name}.xx").write_text("\n".join(src) + "\n", encoding="utf-8")
-        (data / f"{name}.yy").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    data = write_splits(tmp_path / "data", (600, 30, 30))
     run_dir = tmp_path / "run"
     result = run_recipe("--src", "xx", "--tgt", "yy", "--data-dir", str(data), "--run-dir", str(run_dir),
                         "--set", "model.preset=tiny", "--set", "tokenizer.vocab_size=64", "--set", "train.max_steps=40",
