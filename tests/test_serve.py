@@ -315,8 +315,11 @@ def test_several_models_serve_several_pairs(toy_model: Path, untrained_model: Pa
 
 
 def start_cli_server(model: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    # SIGINT as a terminal leaves it: a shell starts background jobs with SIGINT ignored, and a test
+    # run started from one would otherwise pass that on, so Ctrl-C could not end the server with 130.
     process = subprocess.Popen([sys.executable, "-m", "nmt_cli.main", "serve", "--model", str(model), "--port", "0",
-                                "--device", "cpu", *options], stderr=subprocess.PIPE, text=True)
+                                "--device", "cpu", *options], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert process.stderr is not None
     for line in process.stderr:
         found = re.search(r"serving xx-yy on http://127\.0\.0\.1:(\d+)", line)
