@@ -44,8 +44,8 @@ def strip_pairs(src: Sequence[str], tgt: Sequence[str], stats: CleanStats) -> tu
 
 def pair_hashes(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
     """(n,) uint64: a hash of each pair (xxh3 of the target seeded with that of the source), the same in every run."""
-    h = xxhash.xxh3_64_intdigest
-    return np.fromiter((h(t.encode(), h(s.encode())) for s, t in zip(src, tgt)), dtype=np.uint64, count=len(src))
+    h = xxhash.xxh3_64_intdigest  # mapped, not a generator: no Python frame per pair
+    return np.fromiter(map(h, map(str.encode, tgt), map(h, map(str.encode, src))), dtype=np.uint64, count=len(src))
 
 
 def first_occurrences(hashes: np.ndarray) -> np.ndarray:
@@ -94,7 +94,7 @@ class SentenceSample:
         self.threshold = np.inf
         self.keys: list[np.ndarray] = []
         self.order: list[np.ndarray] = []  # side * 2^40 + position in that side's stream
-        self.texts: list[str] = []
+        self.texts: list[np.ndarray] = []  # object arrays of str: fancy indexing copies pointers in C
         self.count = 0
 
     def add(self, sentences: Sequence[str], side: int) -> None:
@@ -103,12 +103,16 @@ class SentenceSample:
         positions = np.arange(self.seen[side], self.seen[side] + len(sentences), dtype=np.int64) + (side << 40)
         self.seen[side] += len(sentences)
         chosen = np.flatnonzero(keys < self.threshold)
-        chosen = chosen[[bool(sentences[i]) for i in chosen]]
+        texts = [sentences[i] for i in chosen.tolist()]  # Python ints index a list faster than numpy's
+        full = np.fromiter(map(bool, texts), dtype=bool, count=len(texts))
+        picked = np.empty(len(texts), dtype=object)
+        picked[:] = texts
+        chosen, picked = chosen[full], picked[full]
         if not len(chosen):
             return
         self.keys.append(keys[chosen])
         self.order.append(positions[chosen])
-        self.texts += [sentences[i] for i in chosen]
+        self.texts.append(picked)
         self.count += len(chosen)
         if self.count > self.size + self.size // 4:
             self._shrink()
@@ -118,7 +122,7 @@ class SentenceSample:
         kept = np.argpartition(keys, self.size - 1)[: self.size] if len(keys) > self.size else np.arange(len(keys))
         self.threshold = keys[kept].max() if len(keys) >= self.size else np.inf
         self.keys, self.order = [keys[kept]], [order[kept]]
-        self.texts = [self.texts[i] for i in kept]
+        self.texts = [np.concatenate(self.texts)[kept]]
         self.count = len(kept)
 
     def sentences(self) -> tuple[list[str], list[str]]:
@@ -128,6 +132,6 @@ class SentenceSample:
         self._shrink()
         order = self.order[0]
         ranked = np.argsort(order, kind="stable")
-        texts = [self.texts[i] for i in ranked]
+        texts = self.texts[0][ranked].tolist()
         n_src = int((order < (1 << 40)).sum())
         return texts[:n_src], texts[n_src:]

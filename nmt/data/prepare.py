@@ -12,7 +12,9 @@ Cache layout under `data.cache_dir` (default $NMT_CACHE or ~/.cache/nmt):
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -26,7 +28,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from itertools import compress
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -68,19 +70,36 @@ class _Scan:
     stats: CleanStats
 
 
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside the block, as it was before after it.
+
+    Preparation makes millions of lists of strings and of token ids, none of them in a reference
+    cycle, so reference counting frees them all and the collector only rescans them, again and
+    again as they pile up: 25% of SentencePiece's encoding time in a tokenizing task of 40,000 pairs.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _scan(corpus: CorpusSource, path: Path, dedup: bool, sample: Optional[Callable[[list[str], list[str]], None]],
           quiet: bool) -> _Scan:
     """Read `corpus` chunk by chunk into the text file `path`: strip, drop empty sides, hash each pair."""
     stats, hashes = CleanStats(), []
     started = time.monotonic()
     with _bar(corpus.total, corpus.unit, f"reading {corpus.spec}", quiet) as bar, pa.OSFile(str(path), "wb") as sink, \
-            pa.ipc.new_file(sink, _TEXT_SCHEMA) as writer:
+            pa.ipc.new_file(sink, _TEXT_SCHEMA) as writer, _no_cycle_collection():
         for src, tgt in corpus.chunks():
-            src, tgt = [s.strip() for s in src], [t.strip() for t in tgt]
+            src, tgt = list(map(str.strip, src)), list(map(str.strip, tgt))
             if sample is not None:
                 sample(src, tgt)
             stats.read += len(src)
-            full = [bool(s and t) for s, t in zip(src, tgt)]
+            full = list(map(all, zip(src, tgt)))  # both sides non-empty
             if not all(full):
                 src, tgt = list(compress(src, full)), list(compress(tgt, full))
             stats.empty += len(full) - len(src)
@@ -114,7 +133,7 @@ def _tokenize_task(task: tuple[int, range]) -> tuple[Path, CleanStats, int]:
     text = record_batches(text_path)
     stats, done = CleanStats(), 0
     part = directory / f"part{number:07d}.arrow"
-    with StoreWriter(part, dtype) as writer:
+    with StoreWriter(part, dtype) as writer, _no_cycle_collection():
         for index in batches:
             batch, kept = text[index], keep[first_rows[index]:first_rows[index + 1]]
             src = list(compress(batch.column(0).to_pylist(), kept))
