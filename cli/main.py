@@ -302,7 +302,8 @@ def serve(
     quantize: Annotated[Optional[str], typer.Option(help="int8 (CPU) or bf16 (GPU), as `nmt translate --quantize`.")] = None,
     max_batch_tokens: Annotated[Optional[int], typer.Option(help="Source-token budget of one decoding batch times the "
                                                                  "beam, shared by all waiting requests (default: the "
-                                                                 "model's decode.max_tokens).")] = None,
+                                                                 "model's decode.max_tokens, whose 0 means 6,000 "
+                                                                 "on CPU and 60,000 on CUDA).")] = None,
     max_chars: Annotated[int, typer.Option(help="Most characters of q in one request.")] = 10_000,
     max_sentences: Annotated[int, typer.Option(help="Most lines (sentences) of q in one request.")] = 200,
 ) -> None:

@@ -192,8 +192,8 @@ def _validation_bleu(config: Config, tokenizer: Tokenizer, device: torch.device,
     run measures again.
     """
     t = config.train
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    decode = dataclasses.replace(config.decode, precision="bf16" if bf16 else "fp32")
+    # train.precision and decode.precision take the same values and mean the same dtype on a device.
+    decode = dataclasses.replace(config.decode, precision=t.precision)
     chosen = [0 if t.valid_bleu_seconds else len(src)]  # sentences decoded; 0: not measured yet
 
     def valid_bleu(model: Transformer) -> float:
