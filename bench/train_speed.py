@@ -6,6 +6,10 @@ tokens per second, peak memory, the nmt/HF ratio and, on CUDA, model FLOP utilis
 
     python bench/train_speed.py --data DIR --device cpu --json bench/train_speed_cpu.json
 
+With `--precisions fp32 bf16` each engine trains in both precisions in the same run (the engines
+then are nmt_fp32, hf_fp32, nmt_bf16, hf_bf16): reported are the ratio in each precision and
+the ratio of each engine at its best precision.
+
 Needs `transformers` (pip install transformers) besides nmt itself.
 """
 
@@ -154,16 +158,23 @@ def setup(args: argparse.Namespace) -> Setup:
 
 
 def make_engines(s: Setup, names: list[str]) -> dict[str, tuple[Callable[[list[int]], None], torch.nn.Module]]:
-    """Each engine's training step on one batch, and its model; every model starts from seed 1."""
+    """Each engine's training step on one batch, and its model; every model starts from seed 1.
+
+    A name is nmt, nmt_compiled or hf, in the setup's precision, or any of them with _fp32 or _bf16
+    after it (hf_bf16: the HF loop under bf16 autocast)."""
     engines = {}
     for name in names:
         torch.manual_seed(1)
-        if name == "hf":
-            loop = HFLoop(marian(s.config, s.tokenizer.src_vocab_size), s.config, s.corpus, s.device, s.bf16)
+        engine, _, precision = name.partition("_")
+        compiled = precision.startswith("compiled")
+        precision = precision.removeprefix("compiled").strip("_")
+        bf16 = s.bf16 if not precision else precision == "bf16"
+        if engine == "hf":
+            loop = HFLoop(marian(s.config, s.tokenizer.src_vocab_size), s.config, s.corpus, s.device, bf16)
             engines[name] = (loop.step, loop.model)
             continue
         model = Transformer(s.config.model, s.tokenizer.src_vocab_size, s.tokenizer.tgt_vocab_size)
-        train_config = replace(s.config.train, compile=name == "nmt_compiled")
+        train_config = replace(s.config.train, compile=compiled, precision="bf16" if bf16 else "fp32")
         trainer = Trainer(model, train_config, s.work / name, s.corpus, device=s.device)
         engines[name] = (_update_step(trainer), model)
     return engines
@@ -180,15 +191,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per engine per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per engine before the first round")
     parser.add_argument("--compile", action="store_true", help="also time nmt with train.compile (torch.compile)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+                        help="train each engine in each of these precisions in the same run (default: --precision alone)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
     s = setup(args)
     config, tokenizer, corpus, device, bf16 = s.config, s.tokenizer, s.corpus, s.device, s.bf16
     needed = args.warmup + args.rounds * args.steps
     batches = (s.batches * (needed // len(s.batches) + 1))[:needed]
-    built = make_engines(s, ["nmt", "hf"] + (["nmt_compiled"] if args.compile else []))
+    names = ["nmt", "hf"] + (["nmt_compiled"] if args.compile else [])
+    if args.precisions:
+        names = [f"{name}_{precision}" for precision in args.precisions for name in names]
+    built = make_engines(s, names)
     engines = {name: run for name, (run, _) in built.items()}
-    ours = built["nmt"][1]
+    ours = built[names[0]][1]
     shape, max_tokens = config.model.preset, config.train.max_tokens
 
     warmup = {name: timed(run, batches[: args.warmup], corpus, device) for name, run in engines.items()}
@@ -209,7 +225,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         if device.type == "cpu" else torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "device": args.device, "shape": shape,
-        "precision": "bf16" if bf16 else "fp32", "max_tokens": max_tokens, "steps_timed": args.rounds * args.steps,
+        "precision": " ".join(args.precisions) if args.precisions else "bf16" if bf16 else "fp32", "max_tokens": max_tokens, "steps_timed": args.rounds * args.steps,
         "parameters": count_parameters(ours), "command": " ".join(sys.argv),
         "warmup_seconds": warmup_seconds,  # the first steps, compiling included
     }
@@ -217,15 +233,26 @@ def main() -> None:
         result[f"{name}_tokens_per_s"] = round(n / seconds)
         if name in peaks:
             result[f"{name}_peak_memory_mib"] = round(peaks[name] / 2 ** 20)
-    result["ratio_nmt_over_hf"] = round(result["nmt_tokens_per_s"] / result["hf_tokens_per_s"], 3)
+    if args.precisions:
+        for precision in args.precisions:
+            result[f"ratio_nmt_over_hf_{precision}"] = round(
+                result[f"nmt_{precision}_tokens_per_s"] / result[f"hf_{precision}_tokens_per_s"], 3)
+        best = {engine: max(args.precisions, key=lambda p: result[f"{engine}_{p}_tokens_per_s"]) for engine in ("nmt", "hf")}
+        result["best_precision"] = best
+        result["ratio_nmt_over_hf_each_at_best"] = round(
+            result[f"nmt_{best['nmt']}_tokens_per_s"] / result[f"hf_{best['hf']}_tokens_per_s"], 3)
+    else:
+        result["ratio_nmt_over_hf"] = round(result["nmt_tokens_per_s"] / result["hf_tokens_per_s"], 3)
     # Whole run: the first steps (new shapes, compiling) included, as a real run pays them.
     for name, (seconds, n) in totals.items():
         result[f"{name}_whole_run_tokens_per_s"] = round((n + warmup[name][1]) / (seconds + warmup[name][0]))
     for name in engines:
-        if name != "hf":
-            result[f"ratio_{name}_over_hf_whole_run"] = round(
-                result[f"{name}_whole_run_tokens_per_s"] / result["hf_whole_run_tokens_per_s"], 3)
-    if args.compile:
+        if not name.startswith("hf"):
+            suffix = name.partition("_")[2].removeprefix("compiled").strip("_")
+            hf = f"hf_{suffix}" if suffix else "hf"
+            result[f"ratio_{name}_over_{hf}_whole_run"] = round(
+                result[f"{name}_whole_run_tokens_per_s"] / result[f"{hf}_whole_run_tokens_per_s"], 3)
+    if args.compile and not args.precisions:
         result["ratio_nmt_compiled_over_hf"] = round(result["nmt_compiled_tokens_per_s"] / result["hf_tokens_per_s"], 3)
     if device.type == "cpu":
         result["process_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -29,8 +29,10 @@ def label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torc
 
 
 def _smoothed_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, u: torch.Tensor, smoothing: float,
-                    gradient: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Loss and NLL sums of one chunk of rows, and the softmax (rows, V) when `gradient`.
+                    gradient: bool, out: Optional[torch.Tensor] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Loss and NLL sums of one chunk of rows, and the softmax (rows, V) in h's dtype when `gradient`
+    (written into `out` if given).
 
     u (D,) is the sum of the real classes' weight rows, so a row's logit sum over the real classes
     is h @ u, without a pass over the logits. Only two passes touch all of them besides the matrix
@@ -47,7 +49,13 @@ def _smoothed_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, u: torch.
     if smoothing:  # -mean log p over the real classes = log-normaliser - mean logit
         normaliser = x.gather(1, t[:, None]).squeeze(1) + nll  # logit - log p of the target
         loss = loss + smoothing * torch.where(real, normaliser - (h.float() @ u) / (V - 1), zero)
-    return loss.sum(), nll.sum(), log_probs.exp_() if gradient else None
+    if not gradient:
+        return loss.sum(), nll.sum(), None
+    if h.dtype == torch.float32 and out is None:
+        return loss.sum(), nll.sum(), log_probs.exp_()
+    # exp and the cast to the matrix multiplies' dtype in one pass
+    out = torch.empty(x.shape, dtype=h.dtype, device=x.device) if out is None else out
+    return loss.sum(), nll.sum(), torch.exp(log_probs, out=out)
 
 
 class _SmoothedLoss(torch.autograd.Function):
@@ -66,37 +74,57 @@ class _SmoothedLoss(torch.autograd.Function):
         # Under autocast the matrix multiplies run in its dtype, spelled out: in-place ops are not autocast.
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         gradient = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if gradient else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device) if gradient else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         nll = torch.zeros_like(loss)
         V = weight.size(0)
         uniform = smoothing / (V - 1)
+        n = hidden.size(0)
+        if dtype != torch.float32 and device == "cpu" and n % rows:
+            # oneDNN builds a kernel for every new shape of a bf16 matrix multiply (10-20 ms on a CPU), and
+            # the last chunk's row count changes with every batch: padding rows (no target) keep it whole.
+            pad = rows - n % rows
+            hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.size(1))])
+            target = torch.cat([target, target.new_full((pad,), PAD_ID)])
+        grad_hidden = torch.empty_like(hidden) if gradient else None
+        # On a CPU in bf16, the weight's gradient is taken over groups of 4 chunks: each product is added
+        # to the fp32 gradient through a (V, D) cast that cost as much as the product itself.
+        group = 4 if gradient and dtype != torch.float32 and device == "cpu" else 1
+        if group > 1:
+            softmaxes = torch.empty(group * rows, V, dtype=dtype, device=hidden.device)
+            hiddens = torch.empty(group * rows, hidden.size(1), dtype=dtype, device=hidden.device)
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
             u = weight[PAD_ID + 1:].float().sum(0)  # (D,) the real classes' rows summed
             real_sum = torch.zeros(weight.size(1), dtype=torch.float32, device=hidden.device)
-            for start in range(0, hidden.size(0), rows):
+            for index, start in enumerate(range(0, hidden.size(0), rows)):
                 h, t = hidden[start:start + rows].to(dtype), target[start:start + rows]
-                chunk_loss, chunk_nll, softmax = _smoothed_chunk(h, w, t, u, smoothing, gradient)
+                slot = slice((index % group) * rows, (index % group) * rows + h.size(0))
+                chunk_loss, chunk_nll, softmax = _smoothed_chunk(h, w, t, u, smoothing, gradient,
+                                                                 softmaxes[slot] if group > 1 else None)
                 loss += chunk_loss
                 nll += chunk_nll
                 if softmax is None:
                     continue
                 real = (t != PAD_ID)[:, None]
-                softmax_low = softmax.to(dtype)  # the matrix multiplies' dtype (the same tensor in fp32)
-                g_h = (softmax_low @ w).float() - (1 - smoothing) * weight[t].float() - uniform * u
+                g_h = (softmax @ w).float() - (1 - smoothing) * weight[t].float() - uniform * u
                 grad_hidden[start:start + rows] = g_h * real
                 h_real_low = h * real  # padding rows send no gradient anywhere
                 h_real = h_real_low.float()
                 if dtype == torch.float32:
                     grad_weight.addmm_(softmax.t(), h_real)
+                elif group == 1:
+                    grad_weight += softmax.t() @ h_real_low
                 else:
-                    grad_weight += (softmax_low.t() @ h_real_low).float()
+                    hiddens[slot] = h_real_low
+                    if index % group == group - 1 or start + rows >= hidden.size(0):
+                        grad_weight += softmaxes[:slot.stop].t() @ hiddens[:slot.stop]
                 grad_weight.index_add_(0, t, h_real, alpha=-(1 - smoothing))
                 real_sum += h_real.sum(0)
             if gradient and smoothing:
                 grad_weight[PAD_ID + 1:] -= uniform * real_sum
+        if grad_hidden is not None and grad_hidden.size(0) > n:
+            grad_hidden = grad_hidden[:n]
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(nll)
         return loss, nll

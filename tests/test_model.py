@@ -134,6 +134,37 @@ def test_attention_goes_through_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(calls) == 6 and calls.count(True) == 2
 
 
+def test_cpu_bf16_training_attends_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training under bf16 autocast on a CPU, SDPA gets fp32 queries, keys and values (its bf16 backward
+    is an order of magnitude slower there) and the layers around it get bf16 back; the loss and
+    gradients follow fp32 training to bf16 precision. Decoding (no gradient) stays in bf16."""
+    dtypes = []
+    original = F.scaled_dot_product_attention
+
+    def recording(q, *args, **kwargs):
+        dtypes.append(q.dtype)
+        out = original(q, *args, **kwargs)
+        assert out.dtype == q.dtype
+        return out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    src, tgt = batch()
+    results = []
+    for bf16 in (False, True):
+        model = make_model().train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(src, tgt).float().logsumexp(-1).mean()
+        loss.backward()
+        results.append((loss.detach(), next(model.parameters()).grad))  # the (shared) embeddings'
+    assert dtypes == [torch.float32] * 12
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=5e-2, atol=5e-2)
+    dtypes.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        make_model()(src, tgt)
+    assert dtypes == [torch.bfloat16] * 6
+
+
 def test_shared_embeddings_are_one_tensor() -> None:
     model = make_model()
     assert model.src_embed.tokens.weight is model.tgt_embed.tokens.weight

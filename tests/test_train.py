@@ -57,11 +57,14 @@ def test_label_smoothed_loss_and_gradients_match_the_definition() -> None:
         torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_label_smoothed_loss_under_bf16_autocast_follows_fp32() -> None:
-    """The bf16 branch (the default on CUDA) runs here under CPU autocast: same loss and gradients to bf16 precision."""
+@pytest.mark.parametrize("rows", [40, 43])
+def test_label_smoothed_loss_under_bf16_autocast_follows_fp32(rows: int) -> None:
+    """The bf16 branch (the default on CUDA) runs here under CPU autocast: same loss and gradients to bf16
+    precision. 40 rows are 5 whole chunks (one group of 4 for the weight's gradient, then 1); 43 rows end
+    in a chunk of 3 that is padded to a whole one."""
     torch.manual_seed(0)
-    hidden, weight = torch.randn(40, 16), torch.randn(50, 16) * 0.3
-    target = torch.randint(1, 50, (40,))
+    hidden, weight = torch.randn(rows, 16), torch.randn(50, 16) * 0.3
+    target = torch.randint(1, 50, (rows,))
     target[5] = PAD_ID
     results = []
     for bf16 in (False, True):
@@ -70,6 +73,7 @@ def test_label_smoothed_loss_under_bf16_autocast_follows_fp32() -> None:
             loss, nll = label_smoothed_loss(h, w, target, 0.1, chunk_elements=8 * 50)  # 5 chunks
         loss.backward()
         assert loss.dtype == torch.float32 and h.grad.dtype == w.grad.dtype == torch.float32
+        assert h.grad.shape == hidden.shape
         results.append((loss.detach(), nll, h.grad, w.grad))
     for exact, approximate in zip(*results):
         torch.testing.assert_close(approximate, exact, rtol=2e-2, atol=2e-2)
@@ -457,8 +461,11 @@ def test_operators_of_a_bf16_update_do_not_grow_with_the_parameters(tmp_path: Pa
             trainer._update([list(range(16))])
         counted[layers] = seen.names
         assert "lerp_" not in seen.names and seen.names.count("_fused_adamw_") == 1
-    assert (len(counted[3]) - len(counted[1])) / 2 <= 150
-    assert (counted[3].count("_to_copy") - counted[1].count("_to_copy")) / 2 <= 30  # activations' casts only
+    # On a CPU the 3 attentions of a layer pair compute in fp32 (see `Attention._sdpa`): their inputs'
+    # and output's casts, forward and backward, are 26 operators more.
+    extra = 0 if device == "cuda" else 26
+    assert (len(counted[3]) - len(counted[1])) / 2 <= 150 + extra, (len(counted[3]) - len(counted[1])) / 2
+    assert (counted[3].count("_to_copy") - counted[1].count("_to_copy")) / 2 <= 30 + extra  # activations' casts only
 
 
 @pytest.mark.gpu
