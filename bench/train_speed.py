@@ -136,6 +136,8 @@ def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: fp32 on cpu, bf16 on cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary trained on the data")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override on top of the benchmark's (repeatable), e.g. model.d_ff=512")
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -148,7 +150,7 @@ def setup(args: argparse.Namespace) -> Setup:
     config = load_config(None, [f"model.preset={shape}", "model.norm_first=false", f"train.max_tokens={max_tokens}",
                                 f"train.precision={'bf16' if bf16 else 'fp32'}", f"tokenizer.vocab_size={args.vocab_size}",
                                 f"data.train={Path(args.data) / 'train'}", f"data.src_lang={args.src}",
-                                f"data.tgt_lang={args.tgt}"])
+                                f"data.tgt_lang={args.tgt}", *args.overrides])
     src, tgt = read_corpus(str(Path(args.data) / "train"), args.src, args.tgt)
     work = Path(tempfile.mkdtemp(prefix="nmt-bench-"))
     tokenizer = prepare_tokenizer(config.tokenizer, work, src, tgt)

@@ -111,7 +111,9 @@ class LowPrecisionCopy:
     rounding to bf16, the same bf16 gradients of the matrix multiplies, converted to fp32.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype, row_bucket: int = 0) -> None:
+        """`row_bucket` > 0: the twin's linear layers round their row counts up to a multiple of it (see
+        `RowBucketedLinear`; for bf16 on a CPU)."""
         self.module = copy.deepcopy(model)
         self.weights: list[nn.Parameter] = []  # the model's fp32 weights with a copy
         self.copies: list[nn.Parameter] = []
@@ -120,6 +122,8 @@ class LowPrecisionCopy:
             for name, parameter in original.named_parameters(recurse=False):
                 if isinstance(original, nn.Linear) and original is not output:
                     setattr(twin, name, nn.Parameter(parameter.detach().to(dtype)))
+                    if row_bucket:
+                        twin.__class__, twin.row_bucket = RowBucketedLinear, row_bucket
                     self.weights.append(parameter)
                     self.copies.append(getattr(twin, name))
                 else:
@@ -145,3 +149,24 @@ class LowPrecisionCopy:
         """Drop the copies' gradients (an update abandoned after running out of memory)."""
         for twin in self.copies:
             twin.grad = None
+
+
+class RowBucketedLinear(nn.Linear):
+    """A linear layer whose matrix multiplies see a row count rounded up to a multiple of `row_bucket`
+    (zero rows added, their outputs dropped).
+
+    oneDNN, which runs bf16 matrix multiplies on a CPU, builds a kernel for every new shape: 10-15 ms
+    each on 2 cores, several times the multiply itself. Token-budget batches give almost every update
+    new row counts (batch x length), so bf16 training built kernels all the time and slowed as
+    oneDNN's cache of 1,024 kernels churned. Rounded to 256 rows, a few dozen shapes recur.
+    """
+
+    row_bucket: int = 256
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.size(-1)
+        padded = -(-rows // self.row_bucket) * self.row_bucket
+        if padded == rows:
+            return super().forward(x)
+        flat = torch.nn.functional.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))
+        return torch.nn.functional.linear(flat, self.weight, self.bias)[:rows].view(*x.shape[:-1], -1)

@@ -178,7 +178,8 @@ class Trainer:
         self.corpus, self.valid, self.bleu, self.device = corpus, valid, bleu, device
         self.world, self.rank = distributed.world_size(), distributed.rank()
         # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update.
-        self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16) if self._bf16() else None
+        self.low_precision = optim.LowPrecisionCopy(
+            model, torch.bfloat16, row_bucket=256 if self.device.type == "cpu" else 0) if self._bf16() else None
         computed = self.low_precision.module if self.low_precision else model
         # Under torchrun that runs wrapped in DDP, which averages gradients over ranks. The position
         # tables are constants, so DDP need not broadcast buffers before each forward, and the
@@ -339,22 +340,26 @@ class Trainer:
         """Forward and backward over each batch; the gradients sum to those of the summed loss over all ranks.
 
         DDP averages gradients over ranks, so each rank scales its loss by the world size. Returns the
-        summed loss and NLL of this rank's batches (2,), on the device. One autocast region for all
-        batches: the weights are cast to its dtype once per update, not once per batch.
+        summed loss and NLL of this rank's batches (2,), on the device.
+
+        The forward runs under autocast, the backward outside it, as torch recommends: on a GPU the
+        backward runs on autograd's own thread, which autocast never reaches, but on a CPU it runs on
+        this one, where autocast would recast the backward's matrix multiplies of operations the
+        forward kept in fp32 (the attention's, see `Attention._sdpa`) to bf16.
         """
         totals = None
-        with self._autocast():
-            for index, x in enumerate(inputs):
-                x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
-                last = index == len(inputs) - 1
-                with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+        for index, x in enumerate(inputs):
+            x = {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
+            last = index == len(inputs) - 1
+            with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                with self._autocast():
                     loss, nll = self._batch_loss(self.net, x, self.config.label_smoothing)
-                    (loss * self.world if self.world > 1 else loss).backward()
-                if self.low_precision is not None and (last or self.ddp is None):
-                    # Under DDP the bf16 gradients of no_sync batches sum in DDP's buckets until the last one.
-                    self.low_precision.hand_off(first=index == 0 or self.ddp is not None)
-                batch = torch.stack([loss.detach(), nll])
-                totals = batch if totals is None else totals + batch
+                (loss * self.world if self.world > 1 else loss).backward()
+            if self.low_precision is not None and (last or self.ddp is None):
+                # Under DDP the bf16 gradients of no_sync batches sum in DDP's buckets until the last one.
+                self.low_precision.hand_off(first=index == 0 or self.ddp is not None)
+            batch = torch.stack([loss.detach(), nll])
+            totals = batch if totals is None else totals + batch
         return totals
 
     def _compile_on_fixed_shapes(self) -> None:
@@ -372,8 +377,9 @@ class Trainer:
              "tgt_in": torch.randint(4, self.model.tgt_embed.tokens.num_embeddings, (B, T), generator=tokens),
              "targets": torch.arange(B * T)}
         x["tgt_out"] = x["tgt_in"]
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), self._autocast():
-            loss, _ = self._batch_loss(self.net, {k: v.to(self.device) for k, v in x.items()}, 0.0)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with self._autocast():
+                loss, _ = self._batch_loss(self.net, {k: v.to(self.device) for k, v in x.items()}, 0.0)
             loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
         if self.low_precision is not None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from nmt import optim
+from nmt.optim import LowPrecisionCopy, RowBucketedLinear
 from nmt.config import load_config
 from nmt.model import Transformer, split_projections
 
@@ -115,3 +119,29 @@ def test_moving_average_is_three_foreach_calls() -> None:
     before = [a.clone() for a in average.model.parameters()]
     average.update(torch.tensor(False))
     assert all(torch.equal(a, b) for a, b in zip(average.model.parameters(), before))
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 16), (2, 64, 16)])  # 21 rows padded to 32; 128 rows as they are
+def test_row_bucketed_linear_equals_linear(shape: tuple[int, ...]) -> None:
+    """The padded rows change nothing: same outputs, same gradients of the input, weight and bias."""
+    torch.manual_seed(0)
+    plain = nn.Linear(16, 24)
+    bucketed = copy.deepcopy(plain)
+    bucketed.__class__, bucketed.row_bucket = RowBucketedLinear, 32
+    x = torch.randn(shape)
+    outputs = []
+    for layer in (plain, bucketed):
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        (y * torch.arange(y.numel()).view(y.shape)).sum().backward()
+        outputs.append((y, xi.grad, layer.weight.grad, layer.bias.grad))
+    assert outputs[1][0].shape == (*shape[:-1], 24)
+    for expected, found in zip(*outputs):
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_low_precision_copy_buckets_rows_on_request() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    twin = LowPrecisionCopy(model, torch.bfloat16, row_bucket=256).module
+    assert [type(m) for m in twin] == [RowBucketedLinear, nn.LayerNorm, RowBucketedLinear]
+    assert all(type(m) is not RowBucketedLinear for m in LowPrecisionCopy(model, torch.bfloat16).module)

@@ -462,10 +462,11 @@ def test_operators_of_a_bf16_update_do_not_grow_with_the_parameters(tmp_path: Pa
         counted[layers] = seen.names
         assert "lerp_" not in seen.names and seen.names.count("_fused_adamw_") == 1
     # On a CPU the 3 attentions of a layer pair compute in fp32 (see `Attention._sdpa`): their inputs'
-    # and output's casts, forward and backward, are 26 operators more.
-    extra = 0 if device == "cuda" else 26
+    # and output's casts, forward and backward, are 26 operators more; the padding of the 9 linear
+    # layers' rows to a multiple of 256 (see `RowBucketedLinear`) 33 more.
+    extra = 0 if device == "cuda" else 26 + 33
     assert (len(counted[3]) - len(counted[1])) / 2 <= 150 + extra, (len(counted[3]) - len(counted[1])) / 2
-    assert (counted[3].count("_to_copy") - counted[1].count("_to_copy")) / 2 <= 30 + extra  # activations' casts only
+    assert (counted[3].count("_to_copy") - counted[1].count("_to_copy")) / 2 <= 30 + (0 if device == "cuda" else 26)
 
 
 @pytest.mark.gpu
