@@ -120,16 +120,17 @@ def test_loss_falls_on_one_batch(tmp_path: Path) -> None:
     assert torch.count_nonzero(trainer.model.tgt_embed.tokens.weight[PAD_ID]) == 0
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_resume_continues_the_same_run(tmp_path: Path, compiled: bool) -> None:
+@pytest.mark.parametrize("compiled, precision", [(False, "fp32"), (True, "fp32"), (False, "bf16")])
+def test_resume_continues_the_same_run(tmp_path: Path, compiled: bool, precision: str) -> None:
     """Stopping after 6 updates and resuming to 13 equals 13 uninterrupted updates, bit for bit, eager or
-    compiled (a compiled run resumed at a later batch must pick the same kernels as the straight run)."""
-    flag = f"train.compile={str(compiled).lower()}"
-    straight = make_trainer(tmp_path / "a", "train.max_steps=13", flag)
+    compiled (a compiled run resumed at a later batch must pick the same kernels as the straight run),
+    and in bf16 (on a CPU: the twin's bucketed linear layers, the fp32 attention)."""
+    flags = (f"train.compile={str(compiled).lower()}", f"train.precision={precision}")
+    straight = make_trainer(tmp_path / "a", "train.max_steps=13", *flags)
     straight.train()
-    first = make_trainer(tmp_path / "b", "train.max_steps=6", flag)
+    first = make_trainer(tmp_path / "b", "train.max_steps=6", *flags)
     first.train()
-    resumed = make_trainer(tmp_path / "b", "train.max_steps=13", flag)
+    resumed = make_trainer(tmp_path / "b", "train.max_steps=13", *flags)
     resumed.resume(checkpoint.latest_checkpoint(tmp_path / "b"))
     assert resumed.progress.step == 6
     resumed.train()
