@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from nmt import model as nmt_model
 from nmt.tokenizer import PAD_ID
 
 
@@ -80,7 +81,8 @@ class _SmoothedLoss(torch.autograd.Function):
         V = weight.size(0)
         uniform = smoothing / (V - 1)
         n = hidden.size(0)
-        if dtype != torch.float32 and device == "cpu" and n % rows:
+        cpu_bf16 = dtype != torch.float32 and device == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS
+        if cpu_bf16 and n % rows:
             # oneDNN builds a kernel for every new shape of a bf16 matrix multiply (10-20 ms on a CPU), and
             # the last chunk's row count changes with every batch: padding rows (no target) keep it whole.
             pad = rows - n % rows
@@ -89,7 +91,7 @@ class _SmoothedLoss(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if gradient else None
         # On a CPU in bf16, the weight's gradient is taken over groups of 4 chunks: each product is added
         # to the fp32 gradient through a (V, D) cast that cost as much as the product itself.
-        group = 4 if gradient and dtype != torch.float32 and device == "cpu" else 1
+        group = 4 if gradient and cpu_bf16 else 1
         if group > 1:
             softmaxes = torch.empty(group * rows, V, dtype=dtype, device=hidden.device)
             hiddens = torch.empty(group * rows, hidden.size(1), dtype=dtype, device=hidden.device)

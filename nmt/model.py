@@ -26,6 +26,13 @@ from torch import nn
 from nmt.config import ModelConfig
 
 
+# What bf16 on a CPU does differently, for its kernels' sake: the attention computes in fp32 (see
+# `Attention._sdpa`), the linear layers round their rows up (`nmt.optim.RowBucketedLinear`) and the
+# loss pads its last chunk (`nmt.loss`). A tool that counts on a CPU the operators a GPU update
+# dispatches turns it off.
+CPU_BF16_WORKAROUNDS = True
+
+
 class CacheBuffers:
     """Flat tensors that the caches of successive batches share (see `Cache`), and a beam search's
     logits buffer, kept by key.
@@ -199,7 +206,7 @@ class Attention(nn.Module):
         casts to fp32 and back cost a few ms; the projections around it stay in bf16.
         """
         dropout = self.dropout if self.training else 0.0
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad:
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad and CPU_BF16_WORKAROUNDS:
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, dropout_p=dropout,
                                                      attn_mask=None if mask is None else mask.float())

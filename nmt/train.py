@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from nmt import checkpoint, distributed, optim
+from nmt import model as nmt_model
 from nmt.config import TrainConfig
 from nmt.data import EpochBatches, TrainingData, collate, make_batches
 from nmt.errors import TrainingError
@@ -179,7 +180,7 @@ class Trainer:
         self.world, self.rank = distributed.world_size(), distributed.rank()
         # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update.
         self.low_precision = optim.LowPrecisionCopy(
-            model, torch.bfloat16, row_bucket=256 if self.device.type == "cpu" else 0) if self._bf16() else None
+            model, torch.bfloat16, row_bucket=256 if self.device.type == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS else 0) if self._bf16() else None
         computed = self.low_precision.module if self.low_precision else model
         # Under torchrun that runs wrapped in DDP, which averages gradients over ranks. The position
         # tables are constants, so DDP need not broadcast buffers before each forward, and the
