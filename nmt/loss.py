@@ -80,14 +80,7 @@ class _SmoothedLoss(torch.autograd.Function):
         nll = torch.zeros_like(loss)
         V = weight.size(0)
         uniform = smoothing / (V - 1)
-        n = hidden.size(0)
         cpu_bf16 = dtype != torch.float32 and device == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS
-        if cpu_bf16 and n % rows:
-            # oneDNN builds a kernel for every new shape of a bf16 matrix multiply (10-20 ms on a CPU), and
-            # the last chunk's row count changes with every batch: padding rows (no target) keep it whole.
-            pad = rows - n % rows
-            hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.size(1))])
-            target = torch.cat([target, target.new_full((pad,), PAD_ID)])
         grad_hidden = torch.empty_like(hidden) if gradient else None
         # On a CPU in bf16, the weight's gradient is taken over groups of 4 chunks: each product is added
         # to the fp32 gradient through a (V, D) cast that cost as much as the product itself.
@@ -101,6 +94,12 @@ class _SmoothedLoss(torch.autograd.Function):
             real_sum = torch.zeros(weight.size(1), dtype=torch.float32, device=hidden.device)
             for index, start in enumerate(range(0, hidden.size(0), rows)):
                 h, t = hidden[start:start + rows].to(dtype), target[start:start + rows]
+                count = h.size(0)
+                if cpu_bf16 and count < rows:
+                    # oneDNN builds a kernel for every new shape of a bf16 matrix multiply (10-20 ms on a CPU),
+                    # and the last chunk's row count changes with every batch: padding rows (no target) keep it whole.
+                    h = torch.nn.functional.pad(h, (0, 0, 0, rows - count))
+                    t = torch.nn.functional.pad(t, (0, rows - count), value=PAD_ID)
                 slot = slice((index % group) * rows, (index % group) * rows + h.size(0))
                 chunk_loss, chunk_nll, softmax = _smoothed_chunk(h, w, t, u, smoothing, gradient,
                                                                  softmaxes[slot] if group > 1 else None)
@@ -110,7 +109,7 @@ class _SmoothedLoss(torch.autograd.Function):
                     continue
                 real = (t != PAD_ID)[:, None]
                 g_h = (softmax @ w).float() - (1 - smoothing) * weight[t].float() - uniform * u
-                grad_hidden[start:start + rows] = g_h * real
+                grad_hidden[start:start + count] = (g_h * real)[:count]
                 h_real_low = h * real  # padding rows send no gradient anywhere
                 h_real = h_real_low.float()
                 if dtype == torch.float32:
@@ -125,8 +124,6 @@ class _SmoothedLoss(torch.autograd.Function):
                 real_sum += h_real.sum(0)
             if gradient and smoothing:
                 grad_weight[PAD_ID + 1:] -= uniform * real_sum
-        if grad_hidden is not None and grad_hidden.size(0) > n:
-            grad_hidden = grad_hidden[:n]
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(nll)
         return loss, nll
