@@ -119,11 +119,12 @@ class LowPrecisionCopy:
         self.copies: list[nn.Parameter] = []
         output = getattr(model, "output", None)  # the loss projects with the model's own weight
         for original, twin in zip(model.modules(), self.module.modules()):
+            copied = isinstance(original, nn.Linear) and original is not output  # a linear layer with bf16 copies
+            if copied and row_bucket:
+                twin.__class__, twin.row_bucket = RowBucketedLinear, row_bucket
             for name, parameter in original.named_parameters(recurse=False):
-                if isinstance(original, nn.Linear) and original is not output:
+                if copied:
                     setattr(twin, name, nn.Parameter(parameter.detach().to(dtype)))
-                    if row_bucket:
-                        twin.__class__, twin.row_bucket = RowBucketedLinear, row_bucket
                     self.weights.append(parameter)
                     self.copies.append(getattr(twin, name))
                 else:
@@ -161,7 +162,7 @@ class RowBucketedLinear(nn.Linear):
     oneDNN's cache of 1,024 kernels churned. Rounded to 256 rows, a few dozen shapes recur.
     """
 
-    row_bucket: int = 256
+    row_bucket: int  # set on the instance
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.size(-1)

@@ -179,8 +179,9 @@ class Trainer:
         self.corpus, self.valid, self.bleu, self.device = corpus, valid, bleu, device
         self.world, self.rank = distributed.world_size(), distributed.rank()
         # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update.
-        self.low_precision = optim.LowPrecisionCopy(
-            model, torch.bfloat16, row_bucket=256 if self.device.type == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS else 0) if self._bf16() else None
+        # On a CPU their row counts are rounded up to multiples of 256 (see `optim.RowBucketedLinear`).
+        row_bucket = 256 if self.device.type == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS else 0
+        self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16, row_bucket) if self._bf16() else None
         computed = self.low_precision.module if self.low_precision else model
         # Under torchrun that runs wrapped in DDP, which averages gradients over ranks. The position
         # tables are constants, so DDP need not broadcast buffers before each forward, and the
