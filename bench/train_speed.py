@@ -159,17 +159,21 @@ def setup(args: argparse.Namespace) -> Setup:
     return Setup(config, tokenizer, corpus, batches, device, bf16, work)
 
 
+def parse_engine(name: str) -> tuple[str, bool, str]:
+    """nmt, nmt_compiled, hf, any of them with _fp32 or _bf16 after it -> (nmt or hf, compiled, precision or "")."""
+    engine, _, rest = name.partition("_")
+    return engine, rest.startswith("compiled"), rest.removeprefix("compiled").strip("_")
+
+
 def make_engines(s: Setup, names: list[str]) -> dict[str, tuple[Callable[[list[int]], None], torch.nn.Module]]:
     """Each engine's training step on one batch, and its model; every model starts from seed 1.
 
-    A name is nmt, nmt_compiled or hf, in the setup's precision, or any of them with _fp32 or _bf16
-    after it (hf_bf16: the HF loop under bf16 autocast)."""
+    Names as `parse_engine` reads them; without a precision, the setup's (hf_bf16: the HF loop under
+    bf16 autocast)."""
     engines = {}
     for name in names:
         torch.manual_seed(1)
-        engine, _, precision = name.partition("_")
-        compiled = precision.startswith("compiled")
-        precision = precision.removeprefix("compiled").strip("_")
+        engine, compiled, precision = parse_engine(name)
         bf16 = s.bf16 if not precision else precision == "bf16"
         if engine == "hf":
             loop = HFLoop(marian(s.config, s.tokenizer.src_vocab_size), s.config, s.corpus, s.device, bf16)
@@ -249,9 +253,9 @@ def main() -> None:
     for name, (seconds, n) in totals.items():
         result[f"{name}_whole_run_tokens_per_s"] = round((n + warmup[name][1]) / (seconds + warmup[name][0]))
     for name in engines:
-        if not name.startswith("hf"):
-            suffix = name.partition("_")[2].removeprefix("compiled").strip("_")
-            hf = f"hf_{suffix}" if suffix else "hf"
+        engine, _, precision = parse_engine(name)
+        if engine != "hf":
+            hf = f"hf_{precision}" if precision else "hf"  # the same precision's HF engine
             result[f"ratio_{name}_over_{hf}_whole_run"] = round(
                 result[f"{name}_whole_run_tokens_per_s"] / result[f"{hf}_whole_run_tokens_per_s"], 3)
     if args.compile and not args.precisions:
