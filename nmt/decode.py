@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nmt.config import DecodeConfig
 from nmt.data import pad
@@ -324,11 +325,49 @@ def decoding_dtype(precision: str, device: torch.device | str) -> torch.dtype:
 def decoding_model(model: Transformer, precision: str, device: torch.device | str) -> Transformer:
     """The model itself when its weights are in decode.precision's dtype on `device`, else a copy in it
     (training's fp32 weights decoded in bf16 for validation: one copy of the weights costs less than
-    autocast's casts at every step)."""
+    autocast's casts at every step; a bf16 copy on a CPU gets `pack_linear_layers`)."""
     dtype = decoding_dtype(precision, device)
     if model.tgt_embed.tokens.weight.dtype == dtype:
         return model
-    return copy.deepcopy(model).to(dtype)
+    return pack_linear_layers(copy.deepcopy(model).to(dtype))
+
+
+class PackedLinear(nn.Linear):
+    """A bf16 linear layer for decoding on a CPU: its weight laid out once in oneDNN's blocked format,
+    the bias added inside the multiply, the row count rounded up to a multiple of `ROW_BUCKET`.
+
+    torch's bf16 `linear` on a CPU lays the weight out anew at every call and adds the bias in a
+    pass of its own, and oneDNN builds a kernel for every new row count (a beam step's rows change
+    as sentences finish). Inference only: `packed` is a copy, which a change to `weight` would not reach.
+    """
+
+    ROW_BUCKET = 64
+    packed: torch.Tensor  # set by `pack_linear_layers`
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.size(-1)
+        padded = -(-rows // self.ROW_BUCKET) * self.ROW_BUCKET
+        flat = F.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        return out[:rows].view(*x.shape[:-1], out.size(-1))
+
+
+def pack_linear_layers(model: Transformer) -> Transformer:
+    """Make a bf16 model's linear layers on a CPU `PackedLinear`s, in place, the tied output projection
+    too (as `model.output`, sharing the embedding's weight); return the model. Anything else, or a
+    torch without oneDNN's packed linear, is returned as it is."""
+    weight = model.tgt_embed.tokens.weight
+    if (weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available()
+            or not hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return model
+    if model.output is None:
+        model.output = nn.Linear(weight.size(1), weight.size(0), bias=False)
+        model.output.weight = weight
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach())
+            module.__class__ = PackedLinear
+    return model
 
 
 def _make_batches(prepared: list[list[int]], budget: int, beam: int) -> list[list[int]]:

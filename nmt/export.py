@@ -108,7 +108,7 @@ def export_hf(model_dir: Path, output: Path) -> Path:
         from transformers import MarianMTModel
     except ImportError:
         raise NMTError("export needs transformers: pip install 'nmt[export]'") from None
-    translator = Translator.load(model_dir, device="cpu")
+    translator = Translator.load(model_dir, device="cpu", precision="fp32")  # the checkpoint's own fp32 weights
     problem = _unsupported(translator)
     if problem:
         raise NMTError(f"cannot export {model_dir}: {problem}")

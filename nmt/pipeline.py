@@ -21,7 +21,7 @@ from tqdm import tqdm
 from nmt import checkpoint, distributed
 from nmt.config import Config, DecodeConfig, from_dict, merge, save_config, to_dict, validate
 from nmt.data import Preparation, TrainingData, cache_root, check_output_path, read_corpus, read_lines
-from nmt.decode import decoding_dtype, decoding_model, translate_ids
+from nmt.decode import decoding_dtype, decoding_model, pack_linear_layers, translate_ids
 from nmt.errors import CheckpointError, ConfigError, NMTError
 from nmt.evaluate import bleu, score
 from nmt.model import Transformer, count_parameters
@@ -242,8 +242,8 @@ class Translator:
 
         precision ("auto", "fp32" or "bf16"; None: the run's decode.precision) is the dtype the model
         decodes in; auto is bf16 on CUDA and fp32 on a CPU, and beam scores are summed in fp32 either
-        way. quantize="int8" applies dynamic int8 quantization to the linear layers (CPU, fp32);
-        quantize="bf16" is precision="bf16".
+        way; bf16 on a CPU packs the linear layers for oneDNN (see `PackedLinear`). quantize="int8"
+        applies dynamic int8 quantization to the linear layers (CPU, fp32); quantize="bf16" is precision="bf16".
         """
         model_dir = Path(model_dir)
         config_path = model_dir / CONFIG_FILE
@@ -273,7 +273,7 @@ class Translator:
                 model.output = torch.nn.Linear(model.config.d_model, tokenizer.tgt_vocab_size, bias=False)
                 model.output.weight = torch.nn.Parameter(model.tgt_embed.tokens.weight.detach().clone())
             model = _quantize_int8(model)
-        return cls(model, tokenizer, config, torch_device)
+        return cls(pack_linear_layers(model), tokenizer, config, torch_device)
 
     def settings(self, beam: Optional[int] = None, decode: Optional[dict] = None) -> DecodeConfig:
         """The decode settings a call with these overrides uses: the model's stored ones with `decode`'s

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from nmt.config import load_config
-from nmt.decode import beam_search, decoding_dtype, decoding_model, greedy_search, output_limits, top_k, translate_ids
+from nmt.decode import (PackedLinear, beam_search, decoding_dtype, decoding_model, greedy_search, output_limits,
+                        pack_linear_layers, top_k, translate_ids)
 from nmt.model import Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -144,6 +146,34 @@ def test_decoding_in_another_precision_copies_the_model() -> None:
     found = translate_ids(model, srcs, config)
     assert len(found) == 5 and all(isinstance(h[0].score, float) for h in found)
     assert model.tgt_embed.tokens.weight.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_bf16_linear_layers_on_a_cpu_are_packed() -> None:
+    """A bf16 copy for decoding on a CPU gets oneDNN-packed linear layers, the tied output projection
+    too; their outputs follow the plain bf16 layers' at any row count (rows are padded to a bucket),
+    and the fp32 model is left as it was."""
+    model = make_model()
+    plain = copy.deepcopy(model).to(torch.bfloat16)  # the same model, cast, unpacked
+    packed = decoding_model(model, "bf16", "cpu")
+    assert not any(isinstance(m, PackedLinear) for m in [*model.modules(), *plain.modules()])
+    linears = [m for m in packed.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is PackedLinear for m in linears)
+    assert packed.output is not None and packed.output.weight is packed.tgt_embed.tokens.weight
+    assert pack_linear_layers(model) is model and model.output is None  # fp32: left as it is
+    srcs = padded(sources(5, seed=3))
+    with torch.inference_mode():
+        for rows in (1, 5, PackedLinear.ROW_BUCKET + 3):
+            src = srcs.repeat(rows, 1)[:rows]
+            tgt = torch.randint(4, V, (rows, 4))
+            expected = plain.decode(tgt, *plain.encode(src)).float()
+            found = packed.decode(tgt, *packed.encode(src)).float()
+            assert found.shape == expected.shape == (rows, 4, V)
+            finite = expected.isfinite()
+            assert torch.equal(finite, found.isfinite())
+            assert torch.allclose(found[finite], expected[finite], rtol=0.05, atol=0.05)
+    config = load_config(None, ["decode.beam=3", "decode.precision=bf16"]).decode
+    assert len(translate_ids(model, sources(7, seed=4), config)) == 7
 
 
 def test_a_batch_out_of_memory_is_decoded_in_halves(monkeypatch: pytest.MonkeyPatch) -> None:
