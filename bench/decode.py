@@ -107,12 +107,15 @@ def ct2_engine(model_dir: Path, work: Path, translator: Translator, compute_type
 
 
 def engine_names(device: torch.device, workers: int) -> list[str]:
-    # int8 on CPU, bf16 on CUDA: each device's reduced-precision mode; CTranslate2 rows on CPU.
-    # With workers, nmt (`--workers`) and CTranslate2 (`inter_threads`) also decode that many batches
-    # at once, one thread each; HF `generate` has no such mode.
+    # int8 on CPU, bf16 on CUDA: each device's reduced-precision mode; CTranslate2 rows on CPU. nmt
+    # also decodes in bf16 on a CPU (fast where the CPU multiplies bf16 matrices in hardware, AMX);
+    # CTranslate2 has no bf16 on a CPU. With workers, nmt (`--workers`) and CTranslate2
+    # (`inter_threads`) also decode that many batches at once, one thread each; HF `generate` has no such mode.
     if device.type == "cpu":
         parallel = [f"{e}_{p}_w{workers}" for p in ("fp32", "int8") for e in ("nmt", "ct2")] if workers > 1 else []
-        return ["nmt_fp32", "nmt_int8", "hf_fp32", "ct2_fp32", "ct2_int8", *parallel]
+        if workers > 1:
+            parallel.append(f"nmt_bf16_w{workers}")
+        return ["nmt_fp32", "nmt_int8", "nmt_bf16", "hf_fp32", "ct2_fp32", "ct2_int8", *parallel]
     return ["nmt_fp32", "nmt_bf16", "hf_fp32", "hf_bf16"]
 
 
@@ -226,13 +229,13 @@ def main() -> None:
             "bleu": round(bleu(outputs[name], refs), 2)}
         if "hf_fp32" in outputs:  # the same search on the same weights: how many lines come out otherwise
             result["engines"][name]["lines_unlike_hf_fp32"] = sum(a != b for a, b in zip(outputs[name], outputs["hf_fp32"]))
-    result.update(ratios(result["engines"], args.workers))
+    result.update(ratios(result["engines"], args.workers, device))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def ratios(rows: dict[str, dict], workers: int) -> dict[str, float]:
+def ratios(rows: dict[str, dict], workers: int, device: torch.device) -> dict[str, float]:
     """Sentences/s ratios between the rows that ran."""
     rate = {name: row["sentences_per_s"] for name, row in rows.items()}
     found: dict[str, float] = {}
@@ -250,9 +253,12 @@ def ratios(rows: dict[str, dict], workers: int) -> dict[str, float]:
     add("ratio_best_nmt_fp32_over_best_ct2_fp32", best("nmt_fp32"), best("ct2_fp32"))
     add("ratio_best_nmt_int8_over_best_ct2_int8", best("nmt_int8"), best("ct2_int8"))
     add("ratio_nmt_int8_over_ct2_int8", "nmt_int8", "ct2_int8")
+    # nmt in bf16 on a CPU against CTranslate2's modes there (it has no bf16 on a CPU).
+    add("ratio_best_nmt_bf16_over_best_ct2_fp32", best("nmt_bf16"), best("ct2_fp32"))
+    add("ratio_best_nmt_bf16_over_best_ct2_int8", best("nmt_bf16"), best("ct2_int8"))
     add("ratio_nmt_bf16_over_hf_bf16", "nmt_bf16", "hf_bf16")
-    # Each engine's default on a GPU: nmt decodes in bf16, HF `generate` in the model's fp32.
-    add("ratio_nmt_default_over_hf_default", "nmt_bf16", "hf_fp32")
+    if device.type == "cuda":  # each engine's default on a GPU: nmt decodes in bf16, HF `generate` in the model's fp32
+        add("ratio_nmt_default_over_hf_default", "nmt_bf16", "hf_fp32")
     if "nmt_fp32" in rows and "hf_fp32" in rows:
         found["bleu_gap_nmt_minus_hf"] = round(rows["nmt_fp32"]["bleu"] - rows["hf_fp32"]["bleu"], 2)
     return found
