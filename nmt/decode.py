@@ -352,13 +352,24 @@ class PackedLinear(nn.Linear):
         return out[:rows].view(*x.shape[:-1], out.size(-1))
 
 
+@functools.cache  # once per process
+def _packed_linear_works() -> bool:
+    """Whether this torch and CPU run oneDNN's packed bf16 linear (internal ops, which a build
+    without oneDNN, or a CPU oneDNN has no bf16 kernels for, may lack): tried once on a small layer."""
+    try:
+        w, x = torch.randn(8, 16, dtype=torch.bfloat16), torch.randn(3, 16, dtype=torch.bfloat16)
+        out = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w), None, "none", [], "")
+        return torch.allclose(out.float(), F.linear(x, w).float(), rtol=0.05, atol=0.05)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def pack_linear_layers(model: Transformer) -> Transformer:
     """Make a bf16 model's linear layers on a CPU `PackedLinear`s, in place, the tied output projection
     too (as `model.output`, sharing the embedding's weight); return the model. Anything else, or a
     torch without oneDNN's packed linear, is returned as it is."""
     weight = model.tgt_embed.tokens.weight
-    if (weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available()
-            or not hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or not _packed_linear_works():
         return model
     if model.output is None:
         model.output = nn.Linear(weight.size(1), weight.size(0), bias=False)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import nmt.decode
 from nmt.config import load_config
 from nmt.decode import (PackedLinear, beam_search, decoding_dtype, decoding_model, greedy_search, output_limits,
                         pack_linear_layers, top_k, translate_ids)
@@ -148,7 +149,7 @@ def test_decoding_in_another_precision_copies_the_model() -> None:
     assert model.tgt_embed.tokens.weight.dtype == torch.float32
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.skipif(not nmt.decode._packed_linear_works(), reason="needs oneDNN's packed bf16 linear")
 def test_bf16_linear_layers_on_a_cpu_are_packed() -> None:
     """A bf16 copy for decoding on a CPU gets oneDNN-packed linear layers, the tied output projection
     too; their outputs follow the plain bf16 layers' at any row count (rows are padded to a bucket),
@@ -178,8 +179,6 @@ def test_bf16_linear_layers_on_a_cpu_are_packed() -> None:
 
 def test_a_batch_out_of_memory_is_decoded_in_halves(monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of GPU memory, a batch is split until its parts fit; the translations are the same."""
-    import nmt.decode
-
     model, srcs = make_model(), sources(9, seed=7)
     config = load_config(None, ["decode.beam=3"]).decode
     expected = [h[0].tokens for h in translate_ids(model, srcs, config)]
