@@ -143,6 +143,18 @@ def test_export_cli(exported: tuple[Path, Path], tmp_path: Path) -> None:
     assert onto_file.exit_code == 1 and "is a file" in onto_file.stderr and a_file.read_text() == "keep me"
 
 
+def test_a_run_that_decodes_in_bf16_exports_its_fp32_weights(tmp_path: Path) -> None:
+    """decode.precision=bf16 is how the run translates, not what it exports: the checkpoint's fp32
+    weights go out (a bf16 copy on a CPU would also have packed layers and an extra output layer)."""
+    from nmt.export import export_hf
+
+    model_dir = make_model_dir(tmp_path / "run", "model.norm_first=false", "decode.precision=bf16")
+    out = export_hf(model_dir, tmp_path / "out")
+    theirs = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    ours = Translator.load(model_dir, device="cpu", precision="fp32")
+    assert torch.equal(theirs.model.encoder.layers[0].fc1.weight, ours.model.encoder[0].ff.fc1.weight)
+
+
 def test_pre_norm_is_refused(tmp_path: Path) -> None:
     from nmt.export import export_hf
 
