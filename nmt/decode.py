@@ -25,7 +25,7 @@ from torch import nn
 from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.errors import ConfigError
-from nmt.model import Cache, CacheBuffers, Transformer
+from nmt.model import Cache, CacheBuffers, RowBucketedLinear, Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -332,24 +332,20 @@ def decoding_model(model: Transformer, precision: str, device: torch.device | st
     return pack_linear_layers(copy.deepcopy(model).to(dtype))
 
 
-class PackedLinear(nn.Linear):
+class PackedLinear(RowBucketedLinear):
     """A bf16 linear layer for decoding on a CPU: its weight laid out once in oneDNN's blocked format,
-    the bias added inside the multiply, the row count rounded up to a multiple of `ROW_BUCKET`.
+    the bias added inside the multiply, the row count rounded up to a multiple of `row_bucket`.
 
     torch's bf16 `linear` on a CPU lays the weight out anew at every call and adds the bias in a
     pass of its own, and oneDNN builds a kernel for every new row count (a beam step's rows change
     as sentences finish). Inference only: `packed` is a copy, which a change to `weight` would not reach.
     """
 
-    ROW_BUCKET = 64
+    row_bucket = 64
     packed: torch.Tensor  # set by `pack_linear_layers`
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.size(-1)
-        padded = -(-rows // self.ROW_BUCKET) * self.ROW_BUCKET
-        flat = F.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
-        return out[:rows].view(*x.shape[:-1], out.size(-1))
+    def _multiply(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
 
 
 @functools.cache  # once per process

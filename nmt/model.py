@@ -27,7 +27,7 @@ from nmt.config import ModelConfig
 
 
 # What bf16 on a CPU does differently, for its kernels' sake: the attention computes in fp32 (see
-# `Attention._sdpa`), the linear layers round their rows up (`nmt.optim.RowBucketedLinear`) and the
+# `Attention._sdpa`), the linear layers round their rows up (`RowBucketedLinear`) and the
 # loss pads its last chunk (`nmt.loss`). A tool that counts on a CPU the operators a GPU update
 # dispatches turns it off.
 CPU_BF16_WORKAROUNDS = True
@@ -122,6 +122,33 @@ class Cache:
                 for name in ("memory_k", "memory_v"):
                     if name in layer:
                         layer[name] = layer[name].index_select(0, sentences)
+
+
+class RowBucketedLinear(nn.Linear):
+    """A linear layer whose matrix multiplies see a row count rounded up to a multiple of `row_bucket`
+    (zero rows added, their outputs dropped).
+
+    oneDNN, which runs bf16 matrix multiplies on a CPU, builds a kernel for every new shape: 10-15 ms
+    each on 2 cores, several times the multiply itself. Token-budget batches give almost every update
+    new row counts (batch x length), so bf16 training built kernels all the time and slowed as
+    oneDNN's cache of 1,024 kernels churned. Rounded to 256 rows, a few dozen shapes recur. Subclasses
+    may multiply otherwise (`_multiply`; decoding's `nmt.decode.PackedLinear`).
+    """
+
+    row_bucket: int  # set on the instance or the subclass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.size(-1)
+        padded = -(-rows // self.row_bucket) * self.row_bucket
+        flat = x.reshape(rows, x.size(-1))
+        if padded != rows:
+            flat = F.pad(flat, (0, 0, 0, padded - rows))
+        out = self._multiply(flat)
+        return out[:rows].view(*x.shape[:-1], out.size(-1))
+
+    def _multiply(self, flat: torch.Tensor) -> torch.Tensor:
+        """(rows, in) -> (rows, out), rows a multiple of `row_bucket`."""
+        return F.linear(flat, self.weight, self.bias)
 
 
 def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nmt.config import TrainConfig
+from nmt.model import RowBucketedLinear
 
 
 def adamw(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
@@ -151,23 +152,3 @@ class LowPrecisionCopy:
         for twin in self.copies:
             twin.grad = None
 
-
-class RowBucketedLinear(nn.Linear):
-    """A linear layer whose matrix multiplies see a row count rounded up to a multiple of `row_bucket`
-    (zero rows added, their outputs dropped).
-
-    oneDNN, which runs bf16 matrix multiplies on a CPU, builds a kernel for every new shape: 10-15 ms
-    each on 2 cores, several times the multiply itself. Token-budget batches give almost every update
-    new row counts (batch x length), so bf16 training built kernels all the time and slowed as
-    oneDNN's cache of 1,024 kernels churned. Rounded to 256 rows, a few dozen shapes recur.
-    """
-
-    row_bucket: int  # set on the instance
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.size(-1)
-        padded = -(-rows // self.row_bucket) * self.row_bucket
-        if padded == rows:
-            return super().forward(x)
-        flat = torch.nn.functional.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))
-        return torch.nn.functional.linear(flat, self.weight, self.bias)[:rows].view(*x.shape[:-1], -1)

@@ -179,7 +179,7 @@ class Trainer:
         self.corpus, self.valid, self.bleu, self.device = corpus, valid, bleu, device
         self.world, self.rank = distributed.world_size(), distributed.rank()
         # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update.
-        # On a CPU their row counts are rounded up to multiples of 256 (see `optim.RowBucketedLinear`).
+        # On a CPU their row counts are rounded up to multiples of 256 (see `nmt.model.RowBucketedLinear`).
         row_bucket = 256 if self.device.type == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS else 0
         self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16, row_bucket) if self._bf16() else None
         computed = self.low_precision.module if self.low_precision else model

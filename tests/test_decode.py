@@ -164,7 +164,7 @@ def test_bf16_linear_layers_on_a_cpu_are_packed() -> None:
     assert pack_linear_layers(model) is model and model.output is None  # fp32: left as it is
     srcs = padded(sources(5, seed=3))
     with torch.inference_mode():
-        for rows in (1, 5, PackedLinear.ROW_BUCKET + 3):
+        for rows in (1, 5, PackedLinear.row_bucket + 3):
             src = srcs.repeat(rows, 1)[:rows]
             tgt = torch.randint(4, V, (rows, 4))
             expected = plain.decode(tgt, *plain.encode(src)).float()

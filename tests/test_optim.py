@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from nmt import optim
-from nmt.optim import LowPrecisionCopy, RowBucketedLinear
+from nmt.optim import LowPrecisionCopy
 from nmt.config import load_config
-from nmt.model import Transformer, split_projections
+from nmt.model import RowBucketedLinear, Transformer, split_projections
 
 # The parameter order of a 1+1-layer model before the attention projections were fused.
 SEPARATE_PROJECTIONS = [
