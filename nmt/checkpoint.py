@@ -297,7 +297,7 @@ def load_weights(model: Transformer, path: Path) -> None:
         first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0])
         raise CheckpointError(f"{path}: weights do not match the model built from config and tokenizer ({first})") from None
     if missing or unexpected:
-        names = ", ".join(sorted(missing + unexpected)[:3])
+        names = ", ".join(sorted({*missing, *unexpected})[:3])  # safetensors gives a set and a list
         raise CheckpointError(f"{path}: weights do not match the configured architecture (differing tensors: {names})")
 
 

@@ -148,6 +148,22 @@ def test_corrupted_checkpoint_is_reported_by_checksum(untrained_model: Path, tmp
         Translator.load(model_dir, device="cpu")
 
 
+def test_weights_with_other_tensors_are_named_in_one_error(tmp_path: Path) -> None:
+    """Tensors both missing and unexpected (another architecture's weights) give a CheckpointError
+    naming them, not a TypeError from the report itself."""
+    from safetensors.torch import save_file
+
+    from nmt.config import ModelConfig
+    from nmt.model import Transformer
+
+    small = ModelConfig(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=32)
+    deeper = ModelConfig(d_model=16, n_heads=2, n_encoder_layers=2, n_decoder_layers=1, d_ff=32, share_embeddings=False)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in Transformer(deeper, 20, 20).state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match=r"differing tensors: encoder\.1\."):
+        checkpoint.load_weights(Transformer(small, 20, 20), path)
+
+
 def test_ctrl_c_leaves_no_partial_output(untrained_model: Path, tmp_path: Path) -> None:
     source = tmp_path / "big.txt"
     source.write_text("ka lu mi no pe ri su to\n" * 30000)
