@@ -103,7 +103,7 @@ class TrainConfig:
     log_every: int = 100  # write training metrics every this many updates
     max_nonfinite: int = 5  # stop after this many updates in a row with a non-finite loss or gradient
     device: str = "auto"  # auto, cpu or cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AMX, else fp32), fp32 or bf16
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     compile: bool | str = "auto"  # torch.compile the model (dynamic shapes, one graph): true, false, or auto (on CUDA only, where it pays)
     loader_workers: int = -1  # processes that collate batches ahead of the step; -1: 2 on CUDA (pinned memory), 0 on CPU

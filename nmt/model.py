@@ -33,6 +33,17 @@ from nmt.config import ModelConfig
 CPU_BF16_WORKAROUNDS = True
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware, which makes bf16 autocast the `auto`
+    precision of training: every CUDA device nmt runs on, and a CPU with AMX tiles (Intel Xeon from
+    Sapphire Rapids on), where oneDNN multiplies bf16 at 5-8x its fp32 rate. Other CPUs have no bf16
+    matrix units, so `auto` trains in fp32 there."""
+    if device.type == "cuda":
+        return True
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch; absent means unknown
+    return device.type == "cpu" and probe is not None and bool(probe())
+
+
 class CacheBuffers:
     """Flat tensors that the caches of successive batches share (see `Cache`), and a beam search's
     logits buffer, kept by key.

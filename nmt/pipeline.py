@@ -26,7 +26,7 @@ from nmt.errors import CheckpointError, ConfigError, NMTError
 from nmt.evaluate import bleu, score
 from nmt.model import Transformer, count_parameters
 from nmt.tokenizer import Tokenizer, load_tokenizer, prepare_tokenizer_from_sample
-from nmt.train import Trainer, ValidSet
+from nmt.train import Trainer, ValidSet, trains_in_bf16
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ VALID_CHUNK = 128
 def _validation_bleu(config: Config, tokenizer: Tokenizer, device: torch.device, src: list[str],
                      ref: list[str]) -> Callable[[Transformer], float]:
     """The validation BLEU of a model being trained, decoded in the training precision: bf16 where
-    training autocasts to it (a bf16 copy of the weights, as `nmt translate` decodes on a GPU).
+    training autocasts to it (a bf16 copy of the weights, as `nmt translate --precision bf16` decodes).
 
     With train.valid_bleu_seconds, the first validation decodes the sentences in order, VALID_CHUNK
     at a time, until that time is spent, and later ones decode the same sentences, so that their
@@ -192,8 +192,7 @@ def _validation_bleu(config: Config, tokenizer: Tokenizer, device: torch.device,
     run measures again.
     """
     t = config.train
-    # train.precision and decode.precision take the same values and mean the same dtype on a device.
-    decode = dataclasses.replace(config.decode, precision=t.precision)
+    decode = dataclasses.replace(config.decode, precision="bf16" if trains_in_bf16(t.precision, device) else "fp32")
     chosen = [0 if t.valid_bleu_seconds else len(src)]  # sentences decoded; 0: not measured yet
 
     def valid_bleu(model: Transformer) -> float:

@@ -29,10 +29,16 @@ from nmt.config import TrainConfig
 from nmt.data import EpochBatches, TrainingData, collate, make_batches
 from nmt.errors import TrainingError
 from nmt.loss import label_smoothed_loss
-from nmt.model import Transformer
+from nmt.model import Transformer, bf16_is_native
 from nmt.tokenizer import PAD_ID
 
 log = logging.getLogger(__name__)
+
+
+def trains_in_bf16(precision: str, device: torch.device) -> bool:
+    """What train.precision (auto, fp32 or bf16) means on `device`: bf16 autocast, or fp32. auto is bf16
+    where the device multiplies bf16 in hardware (CUDA, a CPU with AMX: `bf16_is_native`)."""
+    return precision == "bf16" or (precision == "auto" and bf16_is_native(device))
 
 
 def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
@@ -413,8 +419,7 @@ class Trainer:
         return self._update(halves)
 
     def _bf16(self) -> bool:
-        precision = self.config.precision
-        return precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        return trains_in_bf16(self.config.precision, self.device)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self._bf16() else nullcontext()

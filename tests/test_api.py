@@ -82,6 +82,23 @@ def test_cuda_decodes_in_bf16_by_default(untrained_model: Path) -> None:
     assert [len(h) for h in translator.translate_nbest(lines, nbest=2, beam=2)] == [2, 2, 1]
 
 
+@pytest.mark.parametrize("precision, amx, expected", [("auto", True, "bf16"), ("auto", False, "fp32"),
+                                                      ("fp32", True, "fp32"), ("bf16", False, "bf16")])
+def test_validation_decodes_in_the_training_precision(untrained_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      precision: str, amx: bool, expected: str) -> None:
+    from nmt import pipeline
+    from nmt.config import merge
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    translator = Translator.load(untrained_model, device="cpu")
+    chosen: list[str] = []
+    copy = pipeline.decoding_model
+    monkeypatch.setattr(pipeline, "decoding_model", lambda model, p, device: chosen.append(p) or copy(model, p, device))
+    config = merge({"train": {"precision": precision}}, translator.config)
+    valid_bleu = pipeline._validation_bleu(config, translator.tokenizer, torch.device("cpu"), ["ka lu"], ["Baum Haus"])
+    assert isinstance(valid_bleu(translator.model), float) and chosen == [expected]
+
+
 def test_validation_bleu_bounded_by_time(untrained_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train.valid_bleu_seconds: the first validation decodes chunks until the time is spent, later ones
     the same sentences; without it, every sentence."""

@@ -18,7 +18,7 @@ from nmt.config import load_config
 from nmt.tokenizer import prepare_tokenizer
 from test_train import make_trainer
 
-SAME_STEP = ("train.max_steps=2", "model.dropout=0.0", "train.save_every=100")
+SAME_STEP = ("train.max_steps=2", "model.dropout=0.0", "train.save_every=100", "train.precision=fp32")  # fp32: equal to 2e-6
 
 
 def free_port() -> int:

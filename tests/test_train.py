@@ -224,7 +224,8 @@ def test_non_finite_loss_skips_then_stops(tmp_path: Path, monkeypatch: pytest.Mo
 def test_out_of_memory_splits_the_batch(tmp_path: Path) -> None:
     import json
 
-    trainer = make_trainer(tmp_path, "train.max_steps=3", "model.dropout=0.0")
+    # fp32: the patched forward is the model's own (bf16 training runs a bf16 copy of it).
+    trainer = make_trainer(tmp_path, "train.max_steps=3", "model.dropout=0.0", "train.precision=fp32")
     real_forward = trainer.model.forward
 
     def small_batches_only(src, tgt_in, keep=None, project=True):
@@ -420,6 +421,23 @@ def test_checkpoints_are_written_in_the_background_from_a_copy(tmp_path: Path, m
     assert latest.name == "step_00000003" and checkpoint.load_state(latest)["progress"]["step"] == 3
     checkpoint.verify(latest)
     assert not list(checkpoint.checkpoint_dir(tmp_path).glob("*.tmp"))
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_auto_trains_in_bf16_where_the_device_multiplies_it_in_hardware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         amx: bool) -> None:
+    from nmt.train import trains_in_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert trains_in_bf16("auto", cpu) is amx and trains_in_bf16("auto", cuda)
+    assert not trains_in_bf16("fp32", cpu) and not trains_in_bf16("fp32", cuda) and trains_in_bf16("bf16", cpu)
+    trainer = make_trainer(tmp_path, "train.precision=auto", "train.max_steps=1")
+    assert (trainer.low_precision is not None) is amx
+    trainer.train()
+    assert trainer.progress.step == 1
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe: fp32
+    assert not trains_in_bf16("auto", cpu)
 
 
 def test_bf16_weights_cast_once_give_autocast_gradients(tmp_path: Path) -> None:
