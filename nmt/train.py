@@ -189,6 +189,9 @@ class Trainer:
         row_bucket = 256 if self.device.type == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS else 0
         self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16, row_bucket) if self._bf16() else None
         computed = self.low_precision.module if self.low_precision else model
+        if distributed.is_main():  # auto's choice depends on the hardware: say which it made
+            log.info("training in %s (train.precision=%s on %s)", "bf16" if self._bf16() else "fp32", config.precision,
+                     "a CPU with AMX" if self._bf16() and device.type == "cpu" and config.precision == "auto" else device.type)
         # Under torchrun that runs wrapped in DDP, which averages gradients over ranks. The position
         # tables are constants, so DDP need not broadcast buffers before each forward, and the
         # gradients live in its all-reduce buckets instead of beside them.
