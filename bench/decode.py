@@ -112,9 +112,8 @@ def engine_names(device: torch.device, workers: int) -> list[str]:
     # CTranslate2 has no bf16 on a CPU. With workers, nmt (`--workers`) and CTranslate2
     # (`inter_threads`) also decode that many batches at once, one thread each; HF `generate` has no such mode.
     if device.type == "cpu":
-        parallel = [f"{e}_{p}_w{workers}" for p in ("fp32", "int8") for e in ("nmt", "ct2")] if workers > 1 else []
-        if workers > 1:
-            parallel.append(f"nmt_bf16_w{workers}")
+        parallel = ([f"{e}_{p}_w{workers}" for p in ("fp32", "int8") for e in ("nmt", "ct2")] + [f"nmt_bf16_w{workers}"]
+                    if workers > 1 else [])
         return ["nmt_fp32", "nmt_int8", "nmt_bf16", "hf_fp32", "ct2_fp32", "ct2_int8", *parallel]
     return ["nmt_fp32", "nmt_bf16", "hf_fp32", "hf_bf16"]
 

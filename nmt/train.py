@@ -186,12 +186,13 @@ class Trainer:
         self.world, self.rank = distributed.world_size(), distributed.rank()
         # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update.
         # On a CPU their row counts are rounded up to multiples of 256 (see `nmt.model.RowBucketedLinear`).
+        self.bf16 = trains_in_bf16(config.precision, device)  # resolved once: auto's choice depends on the hardware
         row_bucket = 256 if self.device.type == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS else 0
-        self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16, row_bucket) if self._bf16() else None
+        self.low_precision = optim.LowPrecisionCopy(model, torch.bfloat16, row_bucket) if self.bf16 else None
         computed = self.low_precision.module if self.low_precision else model
-        if distributed.is_main():  # auto's choice depends on the hardware: say which it made
-            log.info("training in %s (train.precision=%s on %s)", "bf16" if self._bf16() else "fp32", config.precision,
-                     "a CPU with AMX" if self._bf16() and device.type == "cpu" and config.precision == "auto" else device.type)
+        if distributed.is_main():
+            log.info("training in %s (train.precision=%s on %s)", "bf16" if self.bf16 else "fp32", config.precision,
+                     "a CPU with AMX" if self.bf16 and device.type == "cpu" and config.precision == "auto" else device.type)
         # Under torchrun that runs wrapped in DDP, which averages gradients over ranks. The position
         # tables are constants, so DDP need not broadcast buffers before each forward, and the
         # gradients live in its all-reduce buckets instead of beside them.
@@ -421,11 +422,8 @@ class Trainer:
                     self.progress.step, self.progress.budget_scale)
         return self._update(halves)
 
-    def _bf16(self) -> bool:
-        return trains_in_bf16(self.config.precision, self.device)
-
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self._bf16() else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def _stop_reason(self, started: float) -> Optional[str]:
         """Why to stop now, or None; rank 0 decides for all ranks."""
