@@ -168,13 +168,14 @@ class _Operators(TorchDispatchMode):
 def _as_on_cuda() -> None:
     """Make a CPU update dispatch what a CUDA one would where the code differs by device: dropout as the
     one fused `native_dropout` (the CPU path makes its own mask), loss chunks of 2^25 logits, and none
-    of bf16's CPU workarounds (`nmt.model.CPU_BF16_WORKAROUNDS`)."""
-    from nmt import model
+    of bf16's CPU workarounds (`nmt.precision.CPU_BF16_WORKAROUNDS`)."""
+    from nmt import model, precision
+    from nmt.train import loop
 
-    model.CPU_BF16_WORKAROUNDS = False
+    precision.CPU_BF16_WORKAROUNDS = False
     model.Dropout.forward = lambda self, x: torch.native_dropout(x, self.p, True)[0] if self.p and self.training else x
-    loss = nmt_train.label_smoothed_loss
-    nmt_train.label_smoothed_loss = lambda h, w, t, s, chunk_elements=None: loss(h, w, t, s, chunk_elements or 2 ** 25)
+    loss = loop.label_smoothed_loss
+    loop.label_smoothed_loss = lambda h, w, t, s, chunk_elements=None: loss(h, w, t, s, chunk_elements or 2 ** 25)
 
 
 def _random_corpus(vocab: int, max_tokens: int, work: Path, seed: int = 0):

@@ -16,10 +16,28 @@ tokenizer_app = typer.Typer(help="Tokenizer commands.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 
 T = TypeVar("T")
+
+
+def _decode_keys() -> str:
+    from dataclasses import fields
+
+    from nmt.config import DecodeConfig
+
+    return ", ".join(f.name for f in fields(DecodeConfig))
+
+
+def _precisions() -> str:
+    from nmt.config import DecodeConfig, choices
+
+    return ", ".join(value for value in choices(DecodeConfig, "precision") if value != "auto")
+
+
 DECODE_SET_HELP = ("Override a decoding setting of the model's config, e.g. --set decode.length_penalty=0.6 "
-                   "(repeatable; keys: beam, length_penalty, max_len_a, max_len_b, max_tokens, precision).")
-PRECISION_HELP = ("Decoding dtype: fp32 or bf16 (scores are summed in fp32 either way); default: the model's "
+                   f"(repeatable; keys: {_decode_keys()}).")
+PRECISION_HELP = (f"Decoding dtype: {_precisions()} (scores are summed in fp32 either way); default: the model's "
                   "decode.precision, whose auto is bf16 on CUDA and fp32 on CPU.")
+# The config keys that decoding options set, so that an error about one names the option the user gave.
+DECODE_OPTIONS = {"decode.beam": "--beam", "decode.nbest": "--nbest", "decode.precision": "--precision"}
 _state = {"verbose": False}
 
 
@@ -28,8 +46,11 @@ def _with_precision(decode: dict, precision: Optional[str]) -> dict:
     return {**decode, "precision": precision} if precision is not None else decode
 
 
-def _run(job: Callable[[], T]) -> T:
-    """Run a library call; an NMTError becomes one line on stderr and exit code 1 (traceback with --verbose)."""
+def _run(job: Callable[[], T], options: Optional[dict[str, str]] = None) -> T:
+    """Run a library call; an NMTError becomes one line on stderr and exit code 1 (traceback with --verbose).
+
+    `options` maps config keys to the command's options that set them ({"decode.beam": "--beam"}): an
+    error about such a key names the option instead."""
     from nmt.errors import NMTError
 
     try:
@@ -37,7 +58,10 @@ def _run(job: Callable[[], T]) -> T:
     except NMTError as exc:
         if _state["verbose"]:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        message, key = str(exc), getattr(exc, "key", None)
+        if key in (options or {}) and message.startswith(key):
+            message = options[key] + message[len(key):]
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -119,12 +143,12 @@ def translate(
                                                          "bf16: the same as --precision bf16.")] = None,
     precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
     workers: Annotated[int, typer.Option(help="CPU decoding processes of one thread each, e.g. one per core "
-                                              "(2 on 2 cores: ~10% faster than 1); output unchanged.")] = 1,
+                                              "(often faster than 1: see the README); output unchanged.")] = 1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP)] = None,
 ) -> None:
     """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
     from nmt.config import decode_overrides
-    from nmt.pipeline import translate_file
+    from nmt.files import translate_file
 
     interactive = input is None and output is None and sys.stdin.isatty()
     if interactive:  # a person typing: each line is translated as it comes, not all at the end
@@ -132,7 +156,8 @@ def translate(
     elif input is None and sys.stdin.isatty():  # would otherwise wait without a word
         typer.echo(f"reading sentences from the terminal, one a line, for {output}; end with Ctrl-D", err=True)
     _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize, workers=workers,
-                                decode=_with_precision(decode_overrides(set_ or []), precision), interactive=interactive))
+                                decode=_with_precision(decode_overrides(set_ or []), precision), interactive=interactive),
+         DECODE_OPTIONS)
 
 
 @app.command("eval")
@@ -162,14 +187,11 @@ def evaluate(
     """
     from nmt.config import decode_overrides
     from nmt.errors import NMTError
-    from nmt.evaluate import format_scores
-    from nmt.pipeline import evaluate_files, evaluate_model
+    from nmt.evaluate import evaluate_files, evaluate_model, format_scores
 
     def job() -> dict:
         if not ref or (hyp is None) == (model is None) or (model is not None and src is None):
             raise NMTError("give --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE")
-        if beam is not None and beam < 1:
-            raise NMTError(f"--beam must be >= 1, got {beam}")
         if hyp is not None:
             if set_:
                 raise NMTError("--set changes decoding, so it goes with --model DIR --src FILE, not --hyp")
@@ -178,7 +200,7 @@ def evaluate(
                               _with_precision(decode_overrides(set_ or []), precision),
                               bootstrap, baseline)
 
-    scores = _run(job)
+    scores = _run(job, DECODE_OPTIONS)
     typer.echo(json.dumps(scores) if json_ else format_scores(scores))
 
 
@@ -234,7 +256,8 @@ def attention(
 
     def job() -> str:
         from nmt.data import check_output_path
-        from nmt.pipeline import Translator, write_lines_atomic
+        from nmt.files import write_lines_atomic
+        from nmt.translator import Translator
         from nmt.visualize import alignment, plot_alignment
 
         if format not in ("png", "json"):
@@ -257,7 +280,7 @@ def attention(
             raise NMTError("--format png needs --output FILE")
         return str(plot_alignment(data, output))
 
-    typer.echo(_run(job))
+    typer.echo(_run(job, DECODE_OPTIONS))
 
 
 @app.command()

@@ -7,7 +7,7 @@ Layout inside a run directory:
     checkpoints/ema_00001000/    model.safetensors, sha256sums             moving average (train.ema_decay)
     checkpoints/latest, best, average, ema   pointer files naming the current directories
 Each directory is written under a temporary name and renamed when complete, and a pointer is
-replaced atomically after it; a directory to delete is first renamed out of sight. So a crash or a
+replaced atomically after it; a directory to delete is first renamed out of sight (`nmt.atomic`). So a crash or a
 full disk at any moment leaves the previous checkpoint readable and no directory half there.
 Training writes from a copy of its state (`host_copy`) in a background thread (`BackgroundWriter`),
 so it goes on while a checkpoint is serialised, hashed and written. `sha256sums` lets a truncated
@@ -17,7 +17,6 @@ or corrupted file be reported as such instead of failing somewhere deep inside t
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from nmt import atomic
 from nmt.errors import CheckpointError, ConfigError
 from nmt.model import Transformer, fused_names
 
@@ -119,10 +119,9 @@ def _sha256(path: Path) -> str:
 def _write_dir(root: Path, name: str, model: Weights, state: Optional[dict[str, Any]],
                metadata: dict[str, str]) -> Path:
     """Write weights (a model or a state dict) and state plus checksums into root/name via a temporary directory."""
-    final, tmp = root / name, root / f"{name}.tmp"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    final = root / name
+
+    def write(tmp: Path) -> None:
         tmp.mkdir()
         if isinstance(model, dict):
             save_file(model, str(tmp / WEIGHTS), metadata=metadata)
@@ -133,10 +132,11 @@ def _write_dir(root: Path, name: str, model: Weights, state: Optional[dict[str, 
             torch.save(state, tmp / STATE)
             files.append(STATE)
         (tmp / CHECKSUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
-        _remove(final)
-        os.rename(tmp, final)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # One writer per run directory, so the temporary has a fixed name: the next write removes a killed one's.
+        atomic.atomic_write(final, write, per_process=False)
     except (OSError, SafetensorError, RuntimeError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         previous = _pointed(root, "latest")
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(f"could not write checkpoint {final} ({exc}); {kept}. "
@@ -144,23 +144,9 @@ def _write_dir(root: Path, name: str, model: Weights, state: Optional[dict[str, 
     return final
 
 
-def _remove(directory: Path) -> None:
-    """Delete a checkpoint directory so that a crash at any moment leaves it whole or gone, never with
-    some files missing: it is renamed out of sight first (a dot name, which no listing here matches)."""
-    trash = directory.with_name(f".{directory.name}.deleted")
-    shutil.rmtree(trash, ignore_errors=True)
-    try:
-        os.rename(directory, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def _point(root: Path, pointer: str, target: Path) -> None:
-    tmp = root / f"{pointer}.tmp"
     try:
-        tmp.write_text(target.name)
-        os.replace(tmp, root / pointer)
+        atomic.atomic_write(root / pointer, lambda tmp: tmp.write_text(target.name), per_process=False)
     except OSError as exc:
         raise CheckpointError(f"could not update {root / pointer} ({exc}); free disk space and run again") from None
 
@@ -182,7 +168,7 @@ def save_checkpoint(run_dir: Path, step: int, model: Weights, state: dict[str, A
     final = _write_dir(root, f"step_{step:08d}", model, state, {"step": str(step)})
     _point(root, "latest", final)
     for old in step_checkpoints(run_dir)[:-keep_last]:
-        _remove(old)
+        atomic.remove(old)
     for stale in root.glob(".*.deleted"):  # deletions a crash interrupted
         shutil.rmtree(stale, ignore_errors=True)
     return final
@@ -195,7 +181,7 @@ def _replace(run_dir: Path, kind: str, step: int, model: Weights, metadata: dict
     _point(root, kind, final)
     for old in root.glob(f"{kind}_*"):
         if old.is_dir() and old != final:
-            _remove(old)
+            atomic.remove(old)
     return final
 
 

@@ -10,11 +10,15 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 
+from nmt import atomic
 from nmt.errors import ConfigError
+
+
+Precision = Literal["auto", "fp32", "bf16"]  # what each means on each device: nmt.precision
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class DataConfig:
     cache_dir: str = ""  # prepared-data cache; empty means $NMT_CACHE or ~/.cache/nmt
     workers: int = 0  # processes that tokenize the training corpora; 0: one per CPU core
 
+    # Keys a resumed run may change (see `resumable_keys`).
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"valid", "valid_split", "cache_dir", "workers"})
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -47,7 +54,7 @@ class TokenizerConfig:
     src_model: str = ""  # existing source model when vocabularies are separate
     tgt_model: str = ""  # existing target model when vocabularies are separate
     joint: bool = True  # one vocabulary for both languages (enables shared embeddings)
-    type: str = "unigram"  # SentencePiece model type: unigram or bpe
+    type: Literal["unigram", "bpe"] = "unigram"  # SentencePiece model type: unigram or bpe
     vocab_size: int = 8000  # pieces per vocabulary, special tokens included
     character_coverage: float = 1.0  # share of characters covered; lower (0.9995) for CJK scripts
     input_sentence_size: int = 300_000  # sentences sampled for training the tokenizer; SentencePiece takes ~0.9 GB for 300,000 of ~135 characters
@@ -72,12 +79,12 @@ class ModelConfig:
     dropout: float = 0.1  # dropout on embeddings and sub-layer outputs
     attention_dropout: float = 0.0  # dropout on attention weights
     activation_dropout: float = 0.0  # dropout after the feed-forward activation
-    activation: str = "relu"  # feed-forward activation: relu or gelu
+    activation: Literal["relu", "gelu"] = "relu"  # feed-forward activation: relu or gelu
     norm_first: bool = True  # LayerNorm before each sub-layer (pre-norm) or after it (post-norm)
-    positions: str = "sinusoidal"  # position encoding: sinusoidal or learned
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # position encoding: sinusoidal or learned
     max_positions: int = 512  # longest sequence the position table covers
     share_embeddings: bool = True  # tie source, target and output embeddings (needs a joint vocabulary)
-    decoder_start: str = "pad"  # first decoder input: pad (a zero vector, as Marian and CTranslate2 start) or bos
+    decoder_start: Literal["pad", "bos"] = "pad"  # first decoder input: pad (a zero vector, as Marian and CTranslate2 start) or bos
 
 
 @dataclass(frozen=True)
@@ -102,12 +109,17 @@ class TrainConfig:
     keep_last: int = 5  # step checkpoints kept on disk
     log_every: int = 100  # write training metrics every this many updates
     max_nonfinite: int = 5  # stop after this many updates in a row with a non-finite loss or gradient
-    device: str = "auto"  # auto, cpu or cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AMX, else fp32), fp32 or bf16
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto, cpu or cuda
+    precision: Precision = "auto"  # auto (bf16 autocast on CUDA and on CPUs with AMX, else fp32), fp32 or bf16
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
-    compile: bool | str = "auto"  # torch.compile the model (dynamic shapes, one graph): true, false, or auto (on CUDA only, where it pays)
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model (dynamic shapes, one graph): true, false, or auto (on CUDA only, where it pays)
     loader_workers: int = -1  # processes that collate batches ahead of the step; -1: 2 on CUDA (pinned memory), 0 on CPU
     ema_decay: float = 0.0  # keep an exponential moving average of the weights (e.g. 0.9995); 0 disables
+
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({
+        "max_steps", "max_epochs", "max_minutes", "valid_every", "valid_bleu_sentences", "valid_bleu_seconds",
+        "patience", "save_every", "keep_last", "log_every", "device", "precision", "threads", "compile",
+        "loader_workers", "max_nonfinite"})
 
 
 @dataclass(frozen=True)
@@ -117,8 +129,11 @@ class DecodeConfig:
     max_len_a: float = 1.5  # output length limit is max_len_a * source_length + max_len_b
     max_len_b: int = 10  # see max_len_a
     max_tokens: int = 0  # budget of one decoding batch, source tokens x beam; 0: 6,000 on CPU, 60,000 on CUDA
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16: the model's dtype when decoding; scores are summed in fp32
+    precision: Precision = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16: the model's dtype when decoding; scores are summed in fp32
     nbest: int = 1  # hypotheses returned per sentence
+
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"beam", "length_penalty", "max_len_a", "max_len_b", "max_tokens",
+                                                    "nbest", "precision"})
 
 
 @dataclass(frozen=True)
@@ -165,13 +180,20 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin is tuple and typing.get_args(annotation) == (TrainCorpus, ...):
         return _corpora(key, value)
+    if origin is Literal:  # a string here; whether it is one of the choices is `validate`'s to say
+        return _convert(key, value, str)
     if origin in (typing.Union, types.UnionType):  # the first member type the value converts to
-        for member in typing.get_args(annotation):
+        members = typing.get_args(annotation)
+        if isinstance(value, str) and any(typing.get_origin(m) is Literal and value in typing.get_args(m) for m in members):
+            return value  # a choice spelled out ("auto"), before YAML would read it as another type
+        for member in members:
             try:
                 return _convert(key, value, member)
             except ConfigError:
                 pass
-        names = " or ".join(getattr(member, "__name__", str(member)) for member in typing.get_args(annotation))
+        if all(m is bool or typing.get_origin(m) is Literal for m in members):
+            raise ConfigError(f"{key} must be {_choices(annotation)}, got {value!r}", key=key)
+        names = " or ".join(getattr(member, "__name__", str(member)) for member in members)
         raise ConfigError(f"{key}: expected {names}, got {value!r}")
     if origin is tuple:
         if isinstance(value, str):
@@ -205,6 +227,45 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{key}: expected {type_name}, got {value!r}")
 
 
+def _allowed(annotation: Any) -> Optional[tuple]:
+    """The values a field may take when its type lists them (Literal choices, bool), else None."""
+    if annotation is bool:
+        return (True, False)
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        parts = [_allowed(member) for member in typing.get_args(annotation)]
+        return None if any(p is None for p in parts) else tuple(v for p in parts for v in p)
+    return None
+
+
+def choices(section: type, key: str) -> tuple:
+    """The values config key `key` of `section` (a section's class, e.g. DecodeConfig) may take."""
+    allowed = _allowed(_field_types(section)[key])
+    if allowed is None:
+        raise KeyError(key)
+    return allowed
+
+
+def _choices(annotation: Any) -> str:
+    """The allowed values as prose: "auto, fp32 or bf16"."""
+    words = [str(v).lower() if isinstance(v, bool) else str(v) for v in _allowed(annotation) or ()]
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _field_types(section: type) -> dict[str, Any]:
+    """Each field of a config section and its type (ClassVars such as RESUMABLE are not fields)."""
+    hints = typing.get_type_hints(section)  # resolves the postponed annotations
+    return {f.name: hints[f.name] for f in fields(section)}
+
+
+def resumable_keys() -> dict[str, frozenset[str]]:
+    """Per section, the keys a resumed run may change: bounds, bookkeeping, where it runs, how it decodes
+    (each section's RESUMABLE). Any other difference from a run's stored config means another
+    experiment, which belongs in another run directory."""
+    return {name: getattr(section, "RESUMABLE", frozenset()) for name, section in _section_types().items()}
+
+
 def _unknown_key(key: str, known: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -228,7 +289,7 @@ def merge(values: dict[str, dict[str, Any]], base: Config | None = None) -> Conf
         if not isinstance(entries, dict):
             raise ConfigError(f"{section}: expected a mapping of keys, got {entries!r}")
         current = getattr(base, section)
-        types_by_name = typing.get_type_hints(type(current))  # resolves the postponed annotations
+        types_by_name = _field_types(type(current))
         changes = {}
         for key, value in entries.items():
             if key not in types_by_name:
@@ -295,12 +356,8 @@ def validate(config: Config) -> None:
         (m.positions != "sinusoidal" or m.d_model % 2 == 0, f"model.d_model ({m.d_model}) must be even for sinusoidal positions"),
         (m.n_encoder_layers >= 1 and m.n_decoder_layers >= 1, "model.n_encoder_layers and model.n_decoder_layers must be >= 1"),
         (m.d_ff > 0, f"model.d_ff must be > 0, got {m.d_ff}"),
-        (m.activation in ("relu", "gelu"), f"model.activation must be relu or gelu, got {m.activation!r}"),
-        (m.positions in ("sinusoidal", "learned"), f"model.positions must be sinusoidal or learned, got {m.positions!r}"),
-        (m.decoder_start in ("pad", "bos"), f"model.decoder_start must be pad or bos, got {m.decoder_start!r}"),
         (all(0 <= p < 1 for p in (m.dropout, m.attention_dropout, m.activation_dropout)), "model dropout values must be in [0, 1)"),
         (not m.share_embeddings or k.joint, "model.share_embeddings needs tokenizer.joint: true (set model.share_embeddings=false)"),
-        (k.type in ("unigram", "bpe"), f"tokenizer.type must be unigram or bpe, got {k.type!r}"),
         (k.vocab_size >= 16, f"tokenizer.vocab_size must be >= 16, got {k.vocab_size}"),
         (0 < k.character_coverage <= 1, f"tokenizer.character_coverage must be in (0, 1], got {k.character_coverage}"),
         (t.max_tokens > 0, f"train.max_tokens must be > 0, got {t.max_tokens}"),
@@ -315,14 +372,10 @@ def validate(config: Config) -> None:
         (t.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {t.max_nonfinite}"),
         (t.loader_workers >= -1, f"train.loader_workers must be >= -1, got {t.loader_workers}"),
         (0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}"),
-        (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}"),
-        (t.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16, got {t.precision!r}"),
-        (t.compile in (True, False, "auto"), f"train.compile must be true, false or auto, got {t.compile!r}"),
         (d.beam >= 1, f"decode.beam must be >= 1, got {d.beam}"),
         (1 <= d.nbest <= d.beam, f"decode.nbest must be between 1 and decode.beam ({d.beam}), got {d.nbest}"),
         (d.max_len_a >= 0 and d.max_len_b >= 1, "decode.max_len_a must be >= 0 and decode.max_len_b >= 1"),
         (d.max_tokens >= 0, f"decode.max_tokens must be >= 0 (0: chosen for the device), got {d.max_tokens}"),
-        (d.precision in ("auto", "fp32", "bf16"), f"decode.precision must be auto, fp32 or bf16, got {d.precision!r}"),
         (config.data.max_tokens_per_side >= 1, "data.max_tokens_per_side must be >= 1"),
         (config.data.workers >= 0, f"data.workers must be >= 0, got {config.data.workers}"),
         (all(c.path.strip() for c in config.data.train), "data.train: a corpus path is empty"),
@@ -331,9 +384,16 @@ def validate(config: Config) -> None:
         (config.data.max_tokens_per_side + 2 <= m.max_positions,
          f"data.max_tokens_per_side ({config.data.max_tokens_per_side}) + 2 must fit model.max_positions ({m.max_positions})"),
     ]
+    for name, section in _section_types().items():  # every value a field's type lists choices for
+        for key, annotation in _field_types(section).items():
+            allowed, value = _allowed(annotation), getattr(getattr(config, name), key)
+            if allowed is not None and annotation is not bool and not any(value is v or (value == v and type(value) is type(v))
+                                                                          for v in allowed):
+                raise ConfigError(f"{name}.{key} must be {_choices(annotation)}, got {value!r}", key=f"{name}.{key}")
     for ok, message in rules:
         if not ok:
-            raise ConfigError(message)
+            named = re.match(r"(\w+\.\w+)", message)
+            raise ConfigError(message, key=named.group(1) if named else None)
 
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
@@ -371,10 +431,7 @@ def describe(config: Config, header: str = "every key with its value and meaning
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as commented YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(describe(config, "the resolved config of this run"), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(Path(path), describe(config, "the resolved config of this run"))
 
 
 def from_dict(values: dict[str, Any]) -> Config:

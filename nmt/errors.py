@@ -8,7 +8,15 @@ class NMTError(Exception):
 
 
 class ConfigError(NMTError):
-    """A config key is unknown, a value has the wrong type, or values contradict each other."""
+    """A config key is unknown, a value has the wrong type, or values contradict each other.
+
+    `key` names the config key at fault where there is one ("decode.beam"), so that a command line
+    can name its own option for it instead (`--beam`).
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DataError(NMTError):

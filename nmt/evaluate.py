@@ -1,13 +1,18 @@
-"""Scoring with sacreBLEU: BLEU, chrF and TER with their signatures."""
+"""Scoring with sacreBLEU: BLEU, chrF and TER with their signatures, of a hypothesis file or of a model's
+translation of a source file."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
-from nmt.errors import DataError
+from nmt.data import check_output_path, read_lines
+from nmt.errors import DataError, NMTError
+from nmt.files import write_lines_atomic
+from nmt.translator import Translator
 
 
 def score(hyps: Sequence[str], *refs: Sequence[str], where: str = "hypotheses", bootstrap: int = 0,
@@ -78,3 +83,45 @@ def format_scores(scores: dict) -> str:
             lines.append(f"{'':17s}   baseline {base:6.2f} ± {scores[key + '_baseline_ci']:5.2f}, difference "
                          f"{scores[key] - base:+.2f}, p = {scores[key + '_p']:.4f} (paired bootstrap)")
     return "\n".join(lines)
+
+
+def _ref_paths(ref_path: Path | Sequence[Path]) -> list[Path]:
+    return [ref_path] if isinstance(ref_path, (str, Path)) else list(ref_path)
+
+
+def evaluate_files(hyp_path: Path, ref_path: Path | Sequence[Path], bootstrap: int = 0,
+                   baseline_path: Optional[Path] = None) -> dict:
+    """Score a hypothesis file against a reference file (or several, one reference translation each);
+    `bootstrap` and a baseline system's hypotheses (`baseline_path`) as in `nmt.evaluate.score`."""
+    paths = _ref_paths(ref_path)
+    baseline = read_lines(baseline_path) if baseline_path is not None else None
+    return score(read_lines(hyp_path), *map(read_lines, paths), where=f"{hyp_path} vs {', '.join(map(str, paths))}",
+                 bootstrap=bootstrap, baseline=baseline)
+
+
+def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Path], beam: Optional[int] = None,
+                   device: str = "auto", output_path: Optional[Path] = None, quantize: Optional[str] = None,
+                   workers: int = 1, decode: Optional[dict] = None, bootstrap: int = 0,
+                   baseline_path: Optional[Path] = None) -> dict:
+    """Translate `src_path` with the model and score it against `ref_path` (or several reference files);
+    `decode` as in `translate_file`, `bootstrap` and `baseline_path` as in `evaluate_files`."""
+    decode = decode or {}
+    if bootstrap < 0:
+        raise NMTError(f"--bootstrap must be >= 0, got {bootstrap}")
+    src, ref_paths = read_lines(src_path), _ref_paths(ref_path)
+    refs = [read_lines(path) for path in ref_paths]
+    baseline = read_lines(baseline_path) if baseline_path is not None else None
+    if output_path is not None:
+        check_output_path(output_path)
+    # Every input is checked before the translation, which is the long part.
+    for path, stream in zip([*ref_paths, baseline_path], [*refs, baseline]):
+        if stream is not None and len(src) != len(stream):
+            raise NMTError(f"{src_path} has {len(src)} lines but {path} has {len(stream)}; they must be line-aligned")
+    translator = Translator.load(model_dir, device, quantize, decode.get("precision"))
+    settings = translator.settings(beam, decode)
+    hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers, **decode)
+    if output_path is not None:
+        write_lines_atomic(hyps, output_path)
+    result = score(hyps, *refs, where=str(src_path), bootstrap=bootstrap, baseline=baseline)
+    result["beam"], result["length_penalty"] = settings.beam, settings.length_penalty
+    return result

@@ -10,7 +10,6 @@ the same model. Needs the optional `transformers` package (`pip install nmt[expo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import zipfile
@@ -18,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from nmt import __version__
+from nmt import __version__, atomic
 from nmt.errors import NMTError
 from nmt.languages import language_name
 from nmt.model import sinusoidal_table, split_projections
-from nmt.pipeline import Translator
+from nmt.translator import Translator
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
@@ -66,12 +65,6 @@ def _require_empty(output: Path) -> None:
         raise NMTError(f"{output} exists and is not empty; choose another --output")
 
 
-def _publish(tmp: Path, output: Path) -> Path:
-    """Move a completely written `tmp` directory to `output` (which is absent or empty)."""
-    if output.exists():
-        output.rmdir()
-    tmp.rename(output)
-    return output
 
 
 def _rename(name: str) -> str:
@@ -126,12 +119,12 @@ def export_hf(model_dir: Path, output: Path) -> Path:
     untied = [k for k in missing if not k.endswith("embed_tokens.weight") and k != "lm_head.weight"]
     if untied or unexpected:
         raise NMTError(f"export mapping is incomplete: missing {untied[:3]}, unexpected {unexpected[:3]}")
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     hf.tie_weights()
-    hf.save_pretrained(tmp)
-    _write_tokenizer(translator, tmp)
-    return _publish(tmp, output)
+
+    def write(tmp: Path) -> None:
+        hf.save_pretrained(tmp)
+        _write_tokenizer(translator, tmp)
+    return atomic.atomic_write(output, write, existing="empty")  # `output` is absent or empty (checked above)
 
 
 def _write_tokenizer(translator: Translator, directory: Path) -> None:
@@ -164,16 +157,15 @@ def export_ct2(model_dir: Path, output: Path, quantization: str | None = None) -
     _require_empty(output)
     with tempfile.TemporaryDirectory(prefix="nmt-export-") as work:
         hf = export_hf(model_dir, Path(work) / "hf")
-        tmp = output.with_name(output.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            TransformersConverter(str(hf)).convert(str(tmp), quantization=quantization)
-        except (ValueError, NotImplementedError) as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise NMTError(f"CTranslate2 could not convert {model_dir}: {exc}") from None
-        for name in ("source.spm", "target.spm"):
-            shutil.copyfile(hf / name, tmp / name)
-    return _publish(tmp, output)
+
+        def write(tmp: Path) -> None:
+            try:
+                TransformersConverter(str(hf)).convert(str(tmp), quantization=quantization)
+            except (ValueError, NotImplementedError) as exc:
+                raise NMTError(f"CTranslate2 could not convert {model_dir}: {exc}") from None
+            for name in ("source.spm", "target.spm"):
+                shutil.copyfile(hf / name, tmp / name)
+        return atomic.atomic_write(output, write, existing="empty")
 
 
 ARGOS_SUFFIX = ".argosmodel"
@@ -217,14 +209,10 @@ def export_argos(model_dir: Path, output: Path, quantization: str | None = None)
             f"# {metadata['from_name']} to {metadata['to_name']}\n\nA translation model trained with nmt "
             f"{__version__} and exported by `nmt export --format argos` from `{Path(model_dir).name}`"
             f"{f' with {quantization} weights' if quantization else ''}.\n", encoding="utf-8")
-        tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-        try:
+
+        def write(tmp: Path) -> None:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
                 for path in sorted(root.rglob("*")):
                     archive.write(path, path.relative_to(work))
-            os.replace(tmp, output)
-        except OSError as exc:
-            raise NMTError(f"{output}: cannot write ({exc.strerror or exc})") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic.save(output, write)
     return output

@@ -23,25 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt import precision
 from nmt.config import ModelConfig
-
-
-# What bf16 on a CPU does differently, for its kernels' sake: the attention computes in fp32 (see
-# `Attention._sdpa`), the linear layers round their rows up (`RowBucketedLinear`) and the
-# loss pads its last chunk (`nmt.loss`). A tool that counts on a CPU the operators a GPU update
-# dispatches turns it off.
-CPU_BF16_WORKAROUNDS = True
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    """Whether `device` multiplies bf16 matrices in hardware, which makes bf16 autocast the `auto`
-    precision of training: every CUDA device nmt runs on, and a CPU with AMX tiles (Intel Xeon from
-    Sapphire Rapids on), where oneDNN multiplies bf16 at 5-8x its fp32 rate. Other CPUs have no bf16
-    matrix units, so `auto` trains in fp32 there."""
-    if device.type == "cuda":
-        return True
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch; absent means unknown
-    return device.type == "cpu" and probe is not None and bool(probe())
 
 
 class CacheBuffers:
@@ -135,33 +118,6 @@ class Cache:
                         layer[name] = layer[name].index_select(0, sentences)
 
 
-class RowBucketedLinear(nn.Linear):
-    """A linear layer whose matrix multiplies see a row count rounded up to a multiple of `row_bucket`
-    (zero rows added, their outputs dropped).
-
-    oneDNN, which runs bf16 matrix multiplies on a CPU, builds a kernel for every new shape: 10-15 ms
-    each on 2 cores, several times the multiply itself. Token-budget batches give almost every update
-    new row counts (batch x length), so bf16 training built kernels all the time and slowed as
-    oneDNN's cache of 1,024 kernels churned. Rounded to 256 rows, a few dozen shapes recur. Subclasses
-    may multiply otherwise (`_multiply`; decoding's `nmt.decode.PackedLinear`).
-    """
-
-    row_bucket: int  # set on the instance or the subclass
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.size(-1)
-        padded = -(-rows // self.row_bucket) * self.row_bucket
-        flat = x.reshape(rows, x.size(-1))
-        if padded != rows:
-            flat = F.pad(flat, (0, 0, 0, padded - rows))
-        out = self._multiply(flat)
-        return out[:rows].view(*x.shape[:-1], out.size(-1))
-
-    def _multiply(self, flat: torch.Tensor) -> torch.Tensor:
-        """(rows, in) -> (rows, out), rows a multiple of `row_bucket`."""
-        return F.linear(flat, self.weight, self.bias)
-
-
 def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
     """(n_positions, d_model): sin(p * w_i) in the first half, cos(p * w_i) in the second."""
     frequencies = torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
@@ -240,11 +196,11 @@ class Attention(nn.Module):
         """q (B, H, L, D/H) attends to k, v (B, H, S, D/H) -> (B, H, L, D/H).
 
         Training in bf16 on a CPU, the attention itself runs in fp32: the CPU kernel's bf16 backward
-        took 11x the time of its fp32 one (1.6 s of a 3.8 s update of the small shape), where the
-        casts to fp32 and back cost a few ms; the projections around it stay in bf16.
+        takes many times its fp32 one (bench/README.md), far more than the casts to fp32 and back;
+        the projections around it stay in bf16 (`nmt.precision.CPU_BF16_WORKAROUNDS`).
         """
         dropout = self.dropout if self.training else 0.0
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad and CPU_BF16_WORKAROUNDS:
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad and precision.CPU_BF16_WORKAROUNDS:
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, dropout_p=dropout,
                                                      attn_mask=None if mask is None else mask.float())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import random
 import shutil
 import threading
@@ -16,6 +15,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import sentencepiece as spm
 from tqdm import tqdm
 
+from nmt import atomic
 from nmt.config import TokenizerConfig
 from nmt.errors import CheckpointError, DataError
 
@@ -53,15 +53,13 @@ def train_sentencepiece(sentences: Sequence[str], output: Path, config: Tokenize
                 minloglevel=2,
                 # The trained model depends on the thread count (Multi30k en+de, 8,000 pieces: three
                 # different models from 1, 2 and 4 threads), so it is fixed, not the machine's core count:
-                # the same data and config give the same tokenizer everywhere. 2 threads: 2.4 s there.
+                # the same data and config give the same tokenizer everywhere.
                 num_threads=2,
             )
     except RuntimeError as exc:
         raise DataError(f"tokenizer training for {output.name} failed: {exc}") from None
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(output)
+    atomic.write_bytes(output, buffer.getvalue())
     log.info("trained %s in %.0f s", output.name, time.monotonic() - started)
     return output
 
@@ -181,9 +179,7 @@ def prepare_tokenizer(config: TokenizerConfig, directory: Path, src_lines: Seque
 
 def _copy_model(source: Path, target: Path) -> None:
     _load_processor(source)  # validate before copying
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(source.read_bytes())
-    tmp.replace(target)
+    atomic.write_bytes(target, source.read_bytes())
 
 
 def prepare_tokenizer_from_sample(config: TokenizerConfig, directory: Path,
@@ -205,12 +201,13 @@ def prepare_tokenizer_from_sample(config: TokenizerConfig, directory: Path,
     src, tgt = sample() if needs_sample else ([], [])
     tokenizer = prepare_tokenizer(config, directory, src, tgt, seed)
     if trains_all and cache is not None:
-        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
-        try:
-            tmp.mkdir(parents=True, exist_ok=True)
+        def store(tmp: Path) -> None:
+            tmp.mkdir()
             for file in tokenizer.files:
                 shutil.copyfile(file, tmp / file.name)
-            os.rename(tmp, cache)
-        except OSError:  # only a shortcut for later runs; another run may have stored the same model
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic.atomic_write(cache, store, existing="keep")  # another run may have stored the same model
+        except OSError:  # only a shortcut for later runs
+            pass
     return tokenizer

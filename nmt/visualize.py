@@ -11,9 +11,10 @@ from typing import Any, Optional
 
 import torch
 
+from nmt import atomic
 from nmt.data import check_output_path
 from nmt.errors import DataError, NMTError
-from nmt.pipeline import Translator
+from nmt.translator import Translator
 from nmt.tokenizer import EOS_ID
 
 
@@ -104,12 +105,7 @@ def plot_curves(run_dir: Path, output: Path) -> Path:
 
 def _save(fig, output: Path) -> None:
     """Write the figure through a temporary file so a failed write leaves nothing half-done."""
-    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
     try:
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(output)
-    except OSError as exc:
-        raise NMTError(f"{output}: cannot write ({exc.strerror or exc})") from None
+        atomic.save(output, lambda tmp: fig.savefig(tmp, dpi=120))  # the format follows the suffix
     finally:
-        tmp.unlink(missing_ok=True)
         fig.clf()

@@ -77,7 +77,7 @@ def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory with a real tokenizer and random tiny weights: fast to load and run."""
     from nmt import checkpoint
     from nmt.config import load_config, save_config
-    from nmt.pipeline import CONFIG_FILE, build_model
+    from nmt.translator import CONFIG_FILE, build_model
     from nmt.tokenizer import prepare_tokenizer
 
     model_dir = tmp_path_factory.mktemp("untrained")

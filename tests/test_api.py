@@ -107,12 +107,12 @@ def test_validation_bleu_bounded_by_time(untrained_model: Path, monkeypatch: pyt
 
     translator = Translator.load(untrained_model, device="cpu")
     decoded: list[int] = []
-    translate = pipeline._translate_texts
+    translate = pipeline.translate_texts
 
     def counting(model, tokenizer, lines, *args, **kwargs):
         decoded.append(len(lines))
         return translate(model, tokenizer, lines, *args, **kwargs)
-    monkeypatch.setattr(pipeline, "_translate_texts", counting)
+    monkeypatch.setattr(pipeline, "translate_texts", counting)
     monkeypatch.setattr(pipeline, "VALID_CHUNK", 3)
     src = ["ka lu", "mi no pe", "ri su", "to va ze", "bo di", "ka ka", "lu lu"]
     bounded = merge({"train": {"valid_bleu_seconds": 1e-9}}, translator.config)

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import nmt.decode
+import nmt.precision
 from nmt.config import load_config
-from nmt.decode import (PackedLinear, beam_search, decoding_dtype, decoding_model, greedy_search, output_limits,
-                        pack_linear_layers, top_k, translate_ids)
+from nmt.decode import output_limits, translate_ids
+from nmt.precision import PackedLinear, decoding_dtype, decoding_model, pack_linear_layers
+from nmt.search import beam_search, greedy_search, top_k
 from nmt.model import Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -149,7 +151,7 @@ def test_decoding_in_another_precision_copies_the_model() -> None:
     assert model.tgt_embed.tokens.weight.dtype == torch.float32
 
 
-@pytest.mark.skipif(not nmt.decode._packed_linear_works(), reason="needs oneDNN's packed bf16 linear")
+@pytest.mark.skipif(not nmt.precision._packed_linear_works(), reason="needs oneDNN's packed bf16 linear")
 def test_bf16_linear_layers_on_a_cpu_are_packed() -> None:
     """A bf16 copy for decoding on a CPU gets oneDNN-packed linear layers, the tied output projection
     too; their outputs follow the plain bf16 layers' at any row count (rows are padded to a bucket),

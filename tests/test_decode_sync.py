@@ -19,7 +19,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nmt.decode import beam_search, greedy_search
+from nmt.search import beam_search, greedy_search
 from nmt.model import Transformer
 
 from test_decode import make_model, padded, sources

@@ -10,9 +10,9 @@ import torch
 from conftest import TINY, toy_pairs
 from nmt import Translator, checkpoint
 from nmt.config import load_config, save_config
-from nmt.decode import greedy_search
+from nmt.search import greedy_search
 from nmt.errors import NMTError
-from nmt.pipeline import CONFIG_FILE, build_model
+from nmt.translator import CONFIG_FILE, build_model
 from nmt.tokenizer import EOS_ID, PAD_ID, prepare_tokenizer
 
 transformers = pytest.importorskip("transformers")

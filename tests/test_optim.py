@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from nmt import optim
-from nmt.optim import LowPrecisionCopy
+from nmt.train import optim
+from nmt.train.optim import LowPrecisionCopy
 from nmt.config import load_config
-from nmt.model import RowBucketedLinear, Transformer, split_projections
+from nmt.model import Transformer, split_projections
+from nmt.precision import RowBucketedLinear
 
 # The parameter order of a 1+1-layer model before the attention projections were fused.
 SEPARATE_PROJECTIONS = [

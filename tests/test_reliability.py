@@ -192,14 +192,14 @@ def test_an_interrupted_translation_continues_where_it_stopped(untrained_model: 
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Into a file, long input goes in chunks; after a stop the same call translates only what is left
     and writes the same file as an uninterrupted run; other settings start over."""
-    from nmt import pipeline
+    from nmt import files
 
-    monkeypatch.setattr(pipeline, "RESUME_CHUNK", 4)
+    monkeypatch.setattr(files, "RESUME_CHUNK", 4)
     source = tmp_path / "in.txt"
     source.write_text("".join(f"ka lu {'mi ' * (i % 4)}no\n" if i != 5 else "\n" for i in range(10)))
     whole = tmp_path / "whole.txt"
-    pipeline.translate_file(untrained_model, source, whole, beam=2, device="cpu")
-    real, sizes = pipeline.Translator.translate, []
+    files.translate_file(untrained_model, source, whole, beam=2, device="cpu")
+    real, sizes = files.Translator.translate, []
 
     def counted(self, lines, *args, **kwargs):
         sizes.append(len(lines))
@@ -207,30 +207,30 @@ def test_an_interrupted_translation_continues_where_it_stopped(untrained_model: 
             raise KeyboardInterrupt
         return real(self, lines, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.Translator, "translate", counted)
+    monkeypatch.setattr(files.Translator, "translate", counted)
     output, stop_at = tmp_path / "out.txt", 3
     with pytest.raises(KeyboardInterrupt):
-        pipeline.translate_file(untrained_model, source, output, beam=2, device="cpu")
+        files.translate_file(untrained_model, source, output, beam=2, device="cpu")
     assert not output.exists() and len((tmp_path / ".out.txt.partial").read_text().splitlines()) == 8
     sizes.clear()
     stop_at = 0
-    pipeline.translate_file(untrained_model, source, output, beam=2, device="cpu")
+    files.translate_file(untrained_model, source, output, beam=2, device="cpu")
     assert sizes == [2] and output.read_text() == whole.read_text()  # only the last chunk was left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt", "whole.txt"]
     # A partial translation made with other settings is not continued.
     sizes.clear()
     stop_at = 2
     with pytest.raises(KeyboardInterrupt):
-        pipeline.translate_file(untrained_model, source, output, beam=2, device="cpu")
+        files.translate_file(untrained_model, source, output, beam=2, device="cpu")
     sizes.clear()
     stop_at = 0
-    pipeline.translate_file(untrained_model, source, output, beam=1, device="cpu")
+    files.translate_file(untrained_model, source, output, beam=1, device="cpu")
     assert sizes == [4, 4, 2]
     # To stdout the chunks are written as they are done, with the same text and line numbers.
     stop_at, printed, nbest = 0, io.StringIO(), io.StringIO()
-    pipeline.translate_file(untrained_model, source, None, beam=2, device="cpu", stdout=printed)
+    files.translate_file(untrained_model, source, None, beam=2, device="cpu", stdout=printed)
     assert printed.getvalue() == whole.read_text()
-    pipeline.translate_file(untrained_model, source, None, beam=2, nbest=2, device="cpu", stdout=nbest)
+    files.translate_file(untrained_model, source, None, beam=2, nbest=2, device="cpu", stdout=nbest)
     numbers = [int(line.split(" ||| ")[0]) for line in nbest.getvalue().splitlines()]
     assert numbers == [i for i in range(10) for _ in range(1 if i == 5 else 2)]  # the empty line 5 has one
 

@@ -192,7 +192,7 @@ def test_weights_from_another_vocabulary_are_refused(tmp_path: Path) -> None:
 def test_non_finite_loss_skips_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from nmt import train as train_module
+    from nmt.train import loop as train_module
     from nmt.errors import TrainingError
 
     trainer = make_trainer(tmp_path, "train.max_steps=30", "train.save_every=4", "train.max_nonfinite=3")
@@ -273,7 +273,7 @@ def test_training_forward_compiles_to_one_graph(device: str) -> None:
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from nmt.optim import LowPrecisionCopy
+    from nmt.train.optim import LowPrecisionCopy
 
     graphs = []
 
@@ -330,7 +330,7 @@ def test_moving_average_of_the_weights(tmp_path: Path) -> None:
 
 def test_skipped_update_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A non-finite loss leaves weights, optimizer moments and the moving average exactly as they were."""
-    from nmt import train as train_module
+    from nmt.train import loop as train_module
 
     trainer = make_trainer(tmp_path, "train.ema_decay=0.9")
     assert trainer._update([list(range(16))]).figures[2] == 1.0
@@ -426,7 +426,7 @@ def test_checkpoints_are_written_in_the_background_from_a_copy(tmp_path: Path, m
 @pytest.mark.parametrize("amx", [False, True])
 def test_auto_trains_in_bf16_where_the_device_multiplies_it_in_hardware(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                          amx: bool) -> None:
-    from nmt.train import trains_in_bf16
+    from nmt.precision import trains_in_bf16
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)

@@ -7,7 +7,8 @@
     batching.py   each epoch's token-budget batches (numpy) and the model inputs of a batch
 """
 
-from nmt.data.batching import EpochBatches, TrainingData, collate, epoch_batches, make_batches, model_inputs, pad
+from nmt.data.batching import (EpochBatches, TrainingData, collate, epoch_batches, make_batches, model_inputs, pad,
+                                padded_tokens, rows_within)
 from nmt.data.cleaning import CleanStats, SentenceSample
 from nmt.data.prepare import Preparation, cache_root, prepare_corpora, sample_corpus, token_pairs
 from nmt.data.reading import CorpusSource, LineBlocks, check_output_path, open_corpus, read_corpus, read_lines
@@ -15,5 +16,5 @@ from nmt.data.store import TokenStore
 
 __all__ = ["CleanStats", "CorpusSource", "EpochBatches", "LineBlocks", "Preparation", "SentenceSample", "TokenStore",
            "TrainingData", "cache_root", "check_output_path", "collate", "epoch_batches", "make_batches",
-           "model_inputs", "open_corpus", "pad", "prepare_corpora", "read_corpus", "read_lines", "sample_corpus",
-           "token_pairs"]
+           "model_inputs", "open_corpus", "pad", "padded_tokens", "prepare_corpora", "read_corpus", "read_lines",
+           "rows_within", "sample_corpus", "token_pairs"]

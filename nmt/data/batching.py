@@ -50,6 +50,18 @@ def _sorted(src_lengths: np.ndarray, tgt_lengths: np.ndarray, rows: np.ndarray, 
     return shuffled[key.astype(np.int64)]
 
 
+def padded_tokens(rows, longest):
+    """What a batch costs against a token budget: its rows times its longest row (every row is padded to
+    it). Works on numbers and on numpy arrays alike. Training's rows are pairs, each as long as its
+    source plus its target; decoding's are a sentence's beam rows, as long as its source."""
+    return rows * longest
+
+
+def rows_within(budget: int, longest: int) -> int:
+    """The most rows as long as `longest` that fit `budget`; at least one (a longer row is a batch alone)."""
+    return max(1, budget // longest)
+
+
 def _cut(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int) -> np.ndarray:
     """Bounds of consecutive batches of at most `max_tokens` padded tokens ((rows) x (longest source + longest
     target)); a row longer than the budget is a batch of its own. Lengths count EOS and the shifted BOS."""
@@ -58,10 +70,10 @@ def _cut(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int) -> n
     start = 0
     while start < n:
         # No batch from `start` holds more rows than the budget allows for its first row alone.
-        width = max(1, max_tokens // int(src_lengths[start] + tgt_lengths[start])) + 1
+        width = rows_within(max_tokens, int(src_lengths[start] + tgt_lengths[start])) + 1
         longest_src = np.maximum.accumulate(src_lengths[start:start + width])
         longest_tgt = np.maximum.accumulate(tgt_lengths[start:start + width])
-        cost = np.arange(1, len(longest_src) + 1) * (longest_src + longest_tgt)
+        cost = padded_tokens(np.arange(1, len(longest_src) + 1), longest_src + longest_tgt)
         over = np.flatnonzero(cost[1:] > max_tokens)
         start += int(over[0]) + 1 if len(over) else len(cost)
         bounds.append(start)

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from nmt import atomic
 from nmt.config import DataConfig
 from nmt.data.batching import TrainingData
 from nmt.data.cleaning import CleanStats, SentenceSample, first_occurrences, length_verdicts, pair_hashes
@@ -291,11 +292,8 @@ class Preparation:
             raise DataError(f"{corpus.spec}: no training pairs left after cleaning ({stats.summary()})")
         (building / META).write_text(json.dumps({"corpus": corpus.spec, "stats": asdict(stats)}), encoding="utf-8")
         final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(building, final)
-        except OSError:  # another process finished the same store first; theirs is identical
-            if not (final / META).is_file():
-                raise
+        # Another process may have finished the same store first; theirs is identical, and kept.
+        atomic.publish(building, final, existing="keep")
 
     def _guard(self, corpus: CorpusSource, action: Callable[[], object]):
         """Run `action`; a full disk or an unwritable cache becomes one line naming the cache."""

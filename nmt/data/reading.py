@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
+from nmt import atomic
 from nmt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -384,8 +385,6 @@ class HashMemo:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.entries), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic.write_text(self.path, json.dumps(self.entries))
         except OSError:
             pass  # only a speed-up: the next run hashes the file again

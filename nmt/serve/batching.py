@@ -27,8 +27,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from nmt.data import padded_tokens
 from nmt.decode import batch_budget
-from nmt.pipeline import Translator
+from nmt.translator import Translator
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ class DecodingLoop:
             job = sentence.job
             if job.cancelled:
                 continue
-            # The budget as `translate_ids` cuts a file: sentences x the longest one x the beam.
-            fits = (len(taken) + 1) * max(longest, sentence.length) * beam <= self.max_tokens
+            # The budget as `translate_ids` cuts a file: beam rows per sentence, each as long as the longest.
+            fits = padded_tokens((len(taken) + 1) * beam, max(longest, sentence.length)) <= self.max_tokens
             if job.beam == beam and (fits or not taken):
                 taken.append(sentence)
                 longest = max(longest, sentence.length)

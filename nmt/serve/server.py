@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nmt.errors import ConfigError, NMTError
-from nmt.pipeline import Translator
+from nmt.translator import Translator
 from nmt.serve.api import ApiKeys, Limits, Pair, create_app
 from nmt.serve.batching import DecodingLoop
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from nmt import model as nmt_model
+from nmt import precision
 from nmt.tokenizer import PAD_ID
 
 
@@ -80,7 +80,7 @@ class _SmoothedLoss(torch.autograd.Function):
         nll = torch.zeros_like(loss)
         V = weight.size(0)
         uniform = smoothing / (V - 1)
-        cpu_bf16 = dtype != torch.float32 and device == "cpu" and nmt_model.CPU_BF16_WORKAROUNDS
+        cpu_bf16 = dtype != torch.float32 and device == "cpu" and precision.CPU_BF16_WORKAROUNDS
         grad_hidden = torch.empty_like(hidden) if gradient else None
         # On a CPU in bf16, the weight's gradient is taken over groups of 4 chunks: each product is added
         # to the fp32 gradient through a (V, D) cast that cost as much as the product itself.
@@ -96,8 +96,8 @@ class _SmoothedLoss(torch.autograd.Function):
                 h, t = hidden[start:start + rows].to(dtype), target[start:start + rows]
                 count = h.size(0)
                 if cpu_bf16 and count < rows:
-                    # oneDNN builds a kernel for every new shape of a bf16 matrix multiply (10-20 ms on a CPU),
-                    # and the last chunk's row count changes with every batch: padding rows (no target) keep it whole.
+                    # oneDNN builds a kernel for every new shape of a bf16 matrix multiply (bench/README.md), and
+                    # the last chunk's row count changes with every batch: padding rows (no target) keep it whole.
                     h = torch.nn.functional.pad(h, (0, 0, 0, rows - count))
                     t = torch.nn.functional.pad(t, (0, rows - count), value=PAD_ID)
                 slot = slice((index % group) * rows, (index % group) * rows + h.size(0))

@@ -1,5 +1,6 @@
-"""The optimizer side of an update: AdamW built fused, its step with the gradient mean and clipping
-folded into one scale, the moving average of the weights, and optimizer states of older runs.
+"""The optimizer side of an update: AdamW built fused, its learning-rate schedule, its step with the
+gradient mean and clipping folded into one scale, the moving average of the weights, the bf16 twin
+of the model, and optimizer states of older runs.
 
 Each piece is a fixed handful of operators whatever the number of parameters (`torch._foreach_*`
 and the fused AdamW kernel), so a GPU launches a few kernels per update here, not a few per tensor.
@@ -8,19 +9,30 @@ and the fused AdamW kernel), so a GPU launches a few kernels per update here, no
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+import math
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from nmt.config import TrainConfig
-from nmt.model import RowBucketedLinear
+from nmt.precision import bucket_rows
 
 
 def adamw(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
     """Fused AdamW (CPU and CUDA): the fastest, and it takes the two device tensors `step` sets."""
     return torch.optim.AdamW(parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
                              eps=1e-8, fused=True)
+
+
+def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
+    """LR factor: linear warmup to 1 over `warmup_steps`, then decay with 1/sqrt(step)."""
+    def factor(step: int) -> float:
+        step += 1
+        if warmup_steps == 0:
+            return 1.0 / math.sqrt(step)
+        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
+    return factor
 
 
 def step(optimizer: torch.optim.AdamW, parameters: list[nn.Parameter], n_target: torch.Tensor, clip_norm: float,
@@ -114,7 +126,7 @@ class LowPrecisionCopy:
 
     def __init__(self, model: nn.Module, dtype: torch.dtype, row_bucket: int = 0) -> None:
         """`row_bucket` > 0: the twin's linear layers round their row counts up to a multiple of it (see
-        `RowBucketedLinear`; for bf16 on a CPU)."""
+        `nmt.precision.RowBucketedLinear`; for bf16 on a CPU)."""
         self.module = copy.deepcopy(model)
         self.weights: list[nn.Parameter] = []  # the model's fp32 weights with a copy
         self.copies: list[nn.Parameter] = []
@@ -122,7 +134,7 @@ class LowPrecisionCopy:
         for original, twin in zip(model.modules(), self.module.modules()):
             copied = isinstance(original, nn.Linear) and original is not output  # a linear layer with bf16 copies
             if copied and row_bucket:
-                twin.__class__, twin.row_bucket = RowBucketedLinear, row_bucket
+                bucket_rows(twin, row_bucket)
             for name, parameter in original.named_parameters(recurse=False):
                 if copied:
                     setattr(twin, name, nn.Parameter(parameter.detach().to(dtype)))
