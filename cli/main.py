@@ -36,6 +36,10 @@ DECODE_SET_HELP = ("Override a decoding setting of the model's config, e.g. --se
                    f"(repeatable; keys: {_decode_keys()}).")
 PRECISION_HELP = (f"Decoding dtype: {_precisions()} (scores are summed in fp32 either way); default: the model's "
                   "decode.precision, whose auto is bf16 on CUDA and fp32 on CPU.")
+SRC_LANG_HELP = ("Source language, for a model with language tags (NLLB: eng_Latn, or en); default: the model's "
+                 "data.src_lang.")
+TGT_LANG_HELP = ("Target language, for a model with language tags (OPUS-MT's >>xxx<<, NLLB's deu_Latn, or de); "
+                 "default: the model's data.tgt_lang.")
 # The config keys that decoding options set, so that an error about one names the option the user gave.
 DECODE_OPTIONS = {"decode.beam": "--beam", "decode.nbest": "--nbest", "decode.precision": "--precision"}
 _state = {"verbose": False}
@@ -111,11 +115,11 @@ def train(
                                                "an existing run there is resumed.")] = Path("run"),
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).")] = None,
 ) -> None:
-    """Train a model (or resume the run in --run-dir) and print a JSON summary."""
-    from nmt.config import load_config
+    """Train a model (or resume the run in --run-dir) and print a JSON summary; with model.init, fine-tune one."""
+    from nmt.config import given_keys, load_config
     from nmt.pipeline import train as train_run
 
-    summary = _run(lambda: train_run(load_config(config, set_ or []), run_dir))
+    summary = _run(lambda: train_run(load_config(config, set_ or []), run_dir, given_keys(config, set_ or [])))
     if summary.pop("rank", 0) == 0:  # under torchrun, one summary for the whole run
         typer.echo(json.dumps(summary))
 
@@ -144,6 +148,8 @@ def translate(
     precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
     workers: Annotated[int, typer.Option(help="CPU decoding processes of one thread each, e.g. one per core "
                                               "(often faster than 1: see the README); output unchanged.")] = 1,
+    src_lang: Annotated[Optional[str], typer.Option(help=SRC_LANG_HELP)] = None,
+    tgt_lang: Annotated[Optional[str], typer.Option(help=TGT_LANG_HELP)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP)] = None,
 ) -> None:
     """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
@@ -156,7 +162,8 @@ def translate(
     elif input is None and sys.stdin.isatty():  # would otherwise wait without a word
         typer.echo(f"reading sentences from the terminal, one a line, for {output}; end with Ctrl-D", err=True)
     _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize, workers=workers,
-                                decode=_with_precision(decode_overrides(set_ or []), precision), interactive=interactive),
+                                decode=_with_precision(decode_overrides(set_ or []), precision), interactive=interactive,
+                                src_lang=src_lang, tgt_lang=tgt_lang),
          DECODE_OPTIONS)
 
 
@@ -342,6 +349,27 @@ def serve(
                      Limits(max_chars=max_chars, max_sentences=max_sentences))
 
     _run(job)
+
+
+@app.command("import")
+def import_(
+    source: Annotated[str, typer.Argument(help="A Hugging Face model directory (MarianMT / OPUS-MT, M2M100, NLLB-200) "
+                                               "or hub:NAME, e.g. hub:Helsinki-NLP/opus-mt-en-de (downloaded).")],
+    run_dir: Annotated[Path, typer.Option(help="New directory for the imported model: an ordinary nmt run "
+                                               "directory that translate, eval, serve, export and train take.")],
+    src_lang: Annotated[str, typer.Option(help="Default source language (data.src_lang), e.g. en; for models with "
+                                               "language tags, a code of theirs or one that names it.")] = "",
+    tgt_lang: Annotated[str, typer.Option(help="Default target language (data.tgt_lang), e.g. de.")] = "",
+) -> None:
+    """Import a pretrained translation model and print a JSON summary; nothing is written unless all of it is."""
+    def job() -> dict:
+        from nmt.importing.run import import_model
+
+        return import_model(source, run_dir, src_lang, tgt_lang)
+
+    summary = _run(job)
+    summary["languages"] = len(summary["languages"])
+    typer.echo(json.dumps(summary))
 
 
 @tokenizer_app.command("train")

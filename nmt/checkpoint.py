@@ -271,12 +271,15 @@ def verify(directory: Path) -> None:
                                   "restore it or use another checkpoint")
 
 
-def load_weights(model: Transformer, path: Path) -> None:
-    """Load safetensors weights into `model`; shape or name mismatches become CheckpointError."""
+def load_weights(model: Transformer, path: Path, assign: bool = False) -> None:
+    """Load safetensors weights into `model`; shape or name mismatches become CheckpointError.
+
+    With `assign` the loaded tensors become the model's parameters instead of being copied into
+    them, so a model built without memory (on the meta device) costs one copy of the weights."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        missing, unexpected = _assign_weights(model, path) if assign else load_model(model, str(path), strict=False)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from None
     except RuntimeError as exc:  # size mismatch: tokenizer or architecture differs from the weights
@@ -287,10 +290,24 @@ def load_weights(model: Transformer, path: Path) -> None:
         raise CheckpointError(f"{path}: weights do not match the configured architecture (differing tensors: {names})")
 
 
-def load_checkpoint_weights(model: Transformer, directory: Path) -> None:
-    """Verify a checkpoint directory's checksums, then load its weights."""
+def _assign_weights(model: Transformer, path: Path) -> tuple[list[str], list[str]]:
+    state = load_file(str(path))
+    names_of: dict[int, list[str]] = {}  # a tied parameter is stored under one of its names
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(parameter), []).append(name)
+    for names in names_of.values():
+        stored = next((name for name in names if name in state), None)
+        for name in names if stored is not None else ():
+            state.setdefault(name, state[stored])
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.reset_buffers()
+    return missing, unexpected
+
+
+def load_checkpoint_weights(model: Transformer, directory: Path, assign: bool = False) -> None:
+    """Verify a checkpoint directory's checksums, then load its weights (see `load_weights` for `assign`)."""
     verify(directory)
-    load_weights(model, directory / WEIGHTS)
+    load_weights(model, directory / WEIGHTS, assign)
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -30,11 +30,19 @@ class TrainCorpus:
 
 
 @dataclass(frozen=True)
+class ValidCorpus:
+    """One validation set, and the name its scores are logged under."""
+
+    path: str  # in the same forms as a training corpus
+    name: str = "valid"  # the name in metrics.jsonl, the plots and train.best_on
+
+
+@dataclass(frozen=True)
 class DataConfig:
     src_lang: str = "en"  # source language code: file suffix, column or translation key
     tgt_lang: str = "de"  # target language code
     train: tuple[TrainCorpus, ...] = ()  # training corpus (file prefix PREFIX.src/.tgt, .tsv, .jsonl, saved dataset dir or hub:NAME), or a list of them, each a path or {path: P, weight: W}
-    valid: str = ""  # validation corpus in the same forms; empty disables validation
+    valid: tuple[ValidCorpus, ...] = ()  # validation corpus in the same forms, or a list of named sets, each {name: N, path: P} (e.g. in-domain and general); empty disables validation
     train_split: str = "train"  # split name when the corpus is a dataset (on disk or hub)
     valid_split: str = "validation"  # split name of the validation corpus when it is a dataset
     hub_config: str = ""  # dataset configuration name for hub datasets that have several
@@ -57,6 +65,7 @@ class TokenizerConfig:
     type: Literal["unigram", "bpe"] = "unigram"  # SentencePiece model type: unigram or bpe
     vocab_size: int = 8000  # pieces per vocabulary, special tokens included
     character_coverage: float = 1.0  # share of characters covered; lower (0.9995) for CJK scripts
+    language_tags: Literal["none", "target_in_source", "source_and_forced_target"] = "none"  # language tags: none; target_in_source (the target language's tag starts the source, as OPUS-MT's >>deu<<); source_and_forced_target (the source's tag starts the source and the target's is the first output, as M2M100 and NLLB)
     input_sentence_size: int = 300_000  # sentences sampled for training the tokenizer; SentencePiece takes ~0.9 GB for 300,000 of ~135 characters
 
 
@@ -79,12 +88,22 @@ class ModelConfig:
     dropout: float = 0.1  # dropout on embeddings and sub-layer outputs
     attention_dropout: float = 0.0  # dropout on attention weights
     activation_dropout: float = 0.0  # dropout after the feed-forward activation
-    activation: Literal["relu", "gelu"] = "relu"  # feed-forward activation: relu or gelu
+    activation: Literal["relu", "gelu", "swish"] = "relu"  # feed-forward activation: relu, gelu or swish (SiLU, as most OPUS-MT models)
     norm_first: bool = True  # LayerNorm before each sub-layer (pre-norm) or after it (post-norm)
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # position encoding: sinusoidal or learned
+    positions: Literal["sinusoidal", "learned", "sinusoidal_fairseq"] = "sinusoidal"  # position encoding: sinusoidal (Vaswani, as MarianMT), learned, or sinusoidal_fairseq (M2M100 and NLLB: fairseq's frequencies, positions from 2)
     max_positions: int = 512  # longest sequence the position table covers
     share_embeddings: bool = True  # tie source, target and output embeddings (needs a joint vocabulary)
-    decoder_start: Literal["pad", "bos"] = "pad"  # first decoder input: pad (a zero vector, as Marian and CTranslate2 start) or bos
+    tie_output: bool = False  # with separate source and target embeddings, tie the output projection to the target embedding (MarianMT with separate vocabularies)
+    scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model)
+    output_bias: bool = False  # a trained bias on the output projection (MarianMT's final_logits_bias)
+    pad_in_softmax: bool = False  # padding's logit counts in the softmax, as in models trained elsewhere (never produced either way); false: it is -inf, no class at all
+    decoder_start: Literal["pad", "bos", "eos"] = "pad"  # first decoder input: pad (a zero vector, as Marian and CTranslate2 start), bos, or eos (as M2M100 and NLLB)
+    init: str = ""  # start training from this model's weights, architecture and tokenizer: an nmt run directory or a Hugging Face model directory (see `nmt import`)
+    imported_from: str = ""  # where `nmt import` read this model (a Hugging Face directory or hub:NAME); empty for a model nmt trained
+
+    # What a model's weights need: taken from model.init when fine-tuning (see `architecture_keys`).
+    NOT_ARCHITECTURE: ClassVar[frozenset[str]] = frozenset({"preset", "dropout", "attention_dropout",
+                                                            "activation_dropout", "init", "imported_from"})
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,7 @@ class TrainConfig:
     valid_bleu_sentences: int = 0  # sentences of the validation set decoded for BLEU; 0 means all
     valid_bleu_seconds: float = 0.0  # bound on BLEU decoding: the first validation decodes for about this long, later ones the same sentences; 0: no bound
     patience: int = 0  # stop after this many validations without a BLEU gain; 0 disables early stopping
+    best_on: str = ""  # the validation set (data.valid's name) that early stopping and the best checkpoint go by; empty: the first
     save_every: int = 1000  # write a checkpoint every this many updates
     keep_last: int = 5  # step checkpoints kept on disk
     log_every: int = 100  # write training metrics every this many updates
@@ -115,11 +135,12 @@ class TrainConfig:
     compile: bool | Literal["auto"] = "auto"  # torch.compile the model (dynamic shapes, one graph): true, false, or auto (on CUDA only, where it pays)
     loader_workers: int = -1  # processes that collate batches ahead of the step; -1: 2 on CUDA (pinned memory), 0 on CPU
     ema_decay: float = 0.0  # keep an exponential moving average of the weights (e.g. 0.9995); 0 disables
+    freeze: tuple[Literal["embeddings", "encoder", "decoder"], ...] = ()  # parts left as they are, e.g. [embeddings, encoder] when fine-tuning on little data; embeddings include the tied output projection
 
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({
         "max_steps", "max_epochs", "max_minutes", "valid_every", "valid_bleu_sentences", "valid_bleu_seconds",
         "patience", "save_every", "keep_last", "log_every", "device", "precision", "threads", "compile",
-        "loader_workers", "max_nonfinite"})
+        "loader_workers", "max_nonfinite", "best_on"})
 
 
 @dataclass(frozen=True)
@@ -145,41 +166,50 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
-def _corpora(key: str, value: Any) -> tuple[TrainCorpus, ...]:
-    """Training corpora from a path, a list of paths and {path, weight} mappings, or their YAML text."""
+def _corpora(key: str, value: Any, kind: type) -> tuple:
+    """Corpora (`kind`: TrainCorpus or ValidCorpus) from a path, a list of paths and mappings of the kind's
+    fields ({path, weight}, {path, name}), or their YAML text."""
     if isinstance(value, str):
         if not value.strip().startswith("["):
-            return (TrainCorpus(value),) if value.strip() else ()
+            return (kind(value),) if value.strip() else ()
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"{key}: not a valid YAML list: {value!r}") from None
-    if isinstance(value, (dict, TrainCorpus)):
+    if isinstance(value, (dict, kind)):
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}: expected a corpus path or a list of corpora, got {value!r}")
+    types_by_name = _field_types(kind)
+    shape = ", ".join(f"{name}: {name[0].upper()}" for name in types_by_name)
     corpora = []
     for item in value:
-        if isinstance(item, TrainCorpus):
+        if isinstance(item, kind):
             corpora.append(item)
             continue
         if isinstance(item, str):
             item = {"path": item}
         if not isinstance(item, dict) or "path" not in item:
-            raise ConfigError(f"{key}: each corpus is a path or {{path: P, weight: W}}, got {item!r}")
+            raise ConfigError(f"{key}: each corpus is a path or {{{shape}}}, got {item!r}")
         for name in item:
-            if name not in ("path", "weight"):
-                raise _unknown_key(f"{key}.{name}", ["path", "weight"])
-        corpora.append(TrainCorpus(_convert(f"{key}.path", item["path"], str),
-                                   _convert(f"{key}.weight", item.get("weight", 1.0), float)))
+            if name not in types_by_name:
+                raise _unknown_key(f"{key}.{name}", list(types_by_name))
+        corpora.append(kind(**{name: _convert(f"{key}.{name}", item[name], types_by_name[name])
+                               for name in types_by_name if name in item}))
     return tuple(corpora)
 
 
 def _convert(key: str, value: Any, annotation: Any) -> Any:
     """Convert `value` (from YAML or a `--set` string) to the field's type, or raise ConfigError."""
     origin = typing.get_origin(annotation)
-    if origin is tuple and typing.get_args(annotation) == (TrainCorpus, ...):
-        return _corpora(key, value)
+    if origin is tuple and typing.get_args(annotation) in ((TrainCorpus, ...), (ValidCorpus, ...)):
+        return _corpora(key, value, typing.get_args(annotation)[0])
+    if origin is tuple and len(typing.get_args(annotation)) == 2 and typing.get_args(annotation)[1] is Ellipsis:
+        if isinstance(value, str):  # "encoder,embeddings" or a YAML list
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(key, v, typing.get_args(annotation)[0]) for v in value)
     if origin is Literal:  # a string here; whether it is one of the choices is `validate`'s to say
         return _convert(key, value, str)
     if origin in (typing.Union, types.UnionType):  # the first member type the value converts to
@@ -327,24 +357,62 @@ def decode_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested.get("decode", {})
 
 
+def _read_file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections data, tokenizer, model, train, decode")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Build the config from defaults, an optional YAML file and `--set` overrides, then validate it."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping with sections data, tokenizer, model, train, decode")
-    config = merge(values)
+    config = merge(_read_file(path))
     # Overrides go on top; a preset named there applies before the keys beside it.
     config = merge(parse_overrides(overrides or []), config)
     validate(config)
     return config
+
+
+def given_keys(path: str | Path | None = None, overrides: list[str] | None = None) -> frozenset[str]:
+    """The keys ("model.d_model") that a config file and `--set` overrides give explicitly."""
+    keys = {f"{section}.{key}" for source in (_read_file(path), parse_overrides(overrides or []))
+            for section, entries in source.items() if isinstance(entries, dict) for key in entries}
+    return frozenset(keys)
+
+
+def with_init(config: Config, initial: dict[str, dict[str, Any]], given: frozenset[str] = frozenset()) -> Config:
+    """`config` with the architecture and tokenizer of the model it starts from (model.init), whose model and
+    tokenizer sections `initial` holds: a fine-tuned model is its initial model with other weights.
+    A key of those sections that `given` names (set by the user) with another value is a ConfigError
+    naming it; the dropouts, which are not architecture, stay the user's where given."""
+    if "model.preset" in given:
+        raise ConfigError(f"model.preset: with model.init ({config.model.init}) the architecture is the initial "
+                          "model's; drop model.preset", key="model.preset")
+    values = to_dict(config)
+    taken: dict[str, dict[str, Any]] = {"model": {}, "tokenizer": {}}
+    for section in taken:
+        for key, value in initial[section].items():
+            if section == "model" and key in ("preset", "init", "imported_from"):
+                continue
+            name = f"{section}.{key}"
+            if name in given and values[section][key] != value:
+                if section == "model" and key in ModelConfig.NOT_ARCHITECTURE:
+                    continue  # a dropout of the user's own
+                raise ConfigError(f"{name}={values[section][key]!r} contradicts model.init {config.model.init}, whose "
+                                  f"{name} is {value!r}; drop it (a fine-tuned model keeps its initial model's "
+                                  "architecture and tokenizer)", key=name)
+            taken[section][key] = value
+    result = merge(taken, config)
+    validate(result)
+    return result
 
 
 def validate(config: Config) -> None:
@@ -353,7 +421,7 @@ def validate(config: Config) -> None:
     rules = [
         (m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0,
          f"model.d_model ({m.d_model}) must be a positive multiple of model.n_heads ({m.n_heads})"),
-        (m.positions != "sinusoidal" or m.d_model % 2 == 0, f"model.d_model ({m.d_model}) must be even for sinusoidal positions"),
+        (m.positions == "learned" or m.d_model % 2 == 0, f"model.d_model ({m.d_model}) must be even for sinusoidal positions"),
         (m.n_encoder_layers >= 1 and m.n_decoder_layers >= 1, "model.n_encoder_layers and model.n_decoder_layers must be >= 1"),
         (m.d_ff > 0, f"model.d_ff must be > 0, got {m.d_ff}"),
         (all(0 <= p < 1 for p in (m.dropout, m.attention_dropout, m.activation_dropout)), "model dropout values must be in [0, 1)"),
@@ -381,12 +449,23 @@ def validate(config: Config) -> None:
         (all(c.path.strip() for c in config.data.train), "data.train: a corpus path is empty"),
         (all(c.weight > 0 for c in config.data.train),
          f"data.train: weights must be > 0, got {[c.weight for c in config.data.train]}"),
+        (len({v.name for v in config.data.valid}) == len(config.data.valid),
+         f"data.valid: each set needs a name of its own, got {[v.name for v in config.data.valid]}"),
+        (not t.best_on or t.best_on in {v.name for v in config.data.valid},
+         f"train.best_on: {t.best_on!r} is not a data.valid set's name ({', '.join(v.name for v in config.data.valid) or 'none'})"),
+        (all(v.path.strip() for v in config.data.valid), "data.valid: a corpus path is empty"),
         (config.data.max_tokens_per_side + 2 <= m.max_positions,
          f"data.max_tokens_per_side ({config.data.max_tokens_per_side}) + 2 must fit model.max_positions ({m.max_positions})"),
     ]
     for name, section in _section_types().items():  # every value a field's type lists choices for
         for key, annotation in _field_types(section).items():
             allowed, value = _allowed(annotation), getattr(getattr(config, name), key)
+            items = typing.get_args(annotation)
+            if typing.get_origin(annotation) is tuple and len(items) == 2 and items[1] is Ellipsis and _allowed(items[0]):
+                for item in value:
+                    if item not in _allowed(items[0]):
+                        raise ConfigError(f"{name}.{key}: each must be {_choices(items[0])}, got {item!r}",
+                                          key=f"{name}.{key}")
             if allowed is not None and annotation is not bool and not any(value is v or (value == v and type(value) is type(v))
                                                                           for v in allowed):
                 raise ConfigError(f"{name}.{key} must be {_choices(annotation)}, got {value!r}", key=f"{name}.{key}")
@@ -404,6 +483,9 @@ def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     corpora = values["data"]["train"]  # one corpus of weight 1 is written as its path, as configs have it
     if not corpora or (len(corpora) == 1 and corpora[0]["weight"] == 1.0):
         values["data"]["train"] = corpora[0]["path"] if corpora else ""
+    valid = values["data"]["valid"]  # so is one validation set of the default name
+    if not valid or (len(valid) == 1 and valid[0]["name"] == ValidCorpus.name):
+        values["data"]["valid"] = valid[0]["path"] if valid else ""
     return values
 
 

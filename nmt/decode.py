@@ -50,18 +50,21 @@ def _keep_freed_blocks() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
 
 
-def _decode_batch(model: Transformer, src: torch.Tensor, config: DecodeConfig, buffers: CacheBuffers) -> list[list[Hypothesis]]:
-    limits = output_limits((src != PAD_ID).sum(1) - 1, config, model.config.max_positions)
+def _decode_batch(model: Transformer, src: torch.Tensor, config: DecodeConfig, buffers: CacheBuffers,
+                  prefix: Sequence[int] = ()) -> list[list[Hypothesis]]:
+    """Search one padded batch; every output starts with `prefix`, which its length limit does not count."""
+    limits = output_limits((src != PAD_ID).sum(1) - 1, config, model.config.max_positions - len(prefix)) + len(prefix)
+    forced = torch.tensor([list(prefix)], dtype=torch.long).expand(src.size(0), -1) if prefix else None
     if config.beam == 1:
-        return greedy_search(model, src, limits, buffers)
-    return beam_search(model, src, limits, config.beam, config.length_penalty, config.nbest, buffers)
+        return greedy_search(model, src, limits, buffers, forced)
+    return beam_search(model, src, limits, config.beam, config.length_penalty, config.nbest, buffers, forced)
 
 
 def _decode_in_memory(model: Transformer, batch: list[list[int]], config: DecodeConfig, device: torch.device | str,
-                      buffers: CacheBuffers) -> list[list[Hypothesis]]:
+                      buffers: CacheBuffers, prefix: Sequence[int] = ()) -> list[list[Hypothesis]]:
     """Decode one batch; a batch that runs out of GPU memory is decoded in halves instead (same output)."""
     try:
-        return _decode_batch(model, pad(batch).to(device), config, buffers)
+        return _decode_batch(model, pad(batch).to(device), config, buffers, prefix)
     except torch.OutOfMemoryError:
         if len(batch) == 1:
             raise
@@ -72,15 +75,15 @@ def _decode_in_memory(model: Transformer, batch: list[list[int]], config: Decode
     buffers.rows = buffers.row_positions = 0  # from now on sized for the batches that fit
     torch.cuda.empty_cache()
     half = len(batch) // 2
-    return (_decode_in_memory(model, batch[:half], config, device, buffers)
-            + _decode_in_memory(model, batch[half:], config, device, buffers))
+    return (_decode_in_memory(model, batch[:half], config, device, buffers, prefix)
+            + _decode_in_memory(model, batch[half:], config, device, buffers, prefix))
 
 
 # What a forked decoding worker reads: the model, the batches of ids, the settings and the (still
 # empty) cache buffers, which each worker fills once and keeps from one of its batches to the next;
 # inherited from the parent at fork, so nothing is pickled but batch numbers going out and
 # hypotheses coming back.
-_worker_job: Optional[tuple[Transformer, list[list[list[int]]], DecodeConfig, CacheBuffers]] = None
+_worker_job: Optional[tuple[Transformer, list[list[list[int]]], DecodeConfig, CacheBuffers, Sequence[int]]] = None
 
 
 def _worker_start() -> None:
@@ -93,8 +96,8 @@ def _worker_start() -> None:
 
 def _worker_decode(number: int) -> tuple[int, list[list[Hypothesis]]]:
     assert _worker_job is not None
-    model, batches, config, buffers = _worker_job
-    return number, _decode_batch(model, pad(batches[number]), config, buffers)  # the searches run in inference mode
+    model, batches, config, buffers, prefix = _worker_job
+    return number, _decode_batch(model, pad(batches[number]), config, buffers, prefix)  # the searches run in inference mode
 
 
 # decode.max_tokens when it is 0. On a GPU a step costs about the same for ten times the rows (its
@@ -122,8 +125,11 @@ def _make_batches(prepared: list[list[int]], budget: int, beam: int) -> list[lis
 @torch.inference_mode()
 def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: DecodeConfig,
                   device: torch.device | str = "cpu",
-                  progress: Optional[Callable[[int], None]] = None, workers: int = 1) -> list[list[Hypothesis]]:
-    """Translate token-id sequences (no specials) in length-sorted batches; results keep input order.
+                  progress: Optional[Callable[[int], None]] = None, workers: int = 1,
+                  prefix: Sequence[int] = ()) -> list[list[Hypothesis]]:
+    """Translate token-id sequences (no EOS) in length-sorted batches; results keep input order.
+
+    Every output starts with `prefix` (a forced target-language tag), beyond the length limit.
 
     The model decodes in decode.precision's dtype (a copy of it, if its weights are in another one).
     `workers` > 1 (CPU only) decodes batches in that many forked processes of one thread each, which
@@ -157,17 +163,17 @@ def translate_ids(model: Transformer, sources: Sequence[Sequence[int]], config: 
             progress(len(batch))
 
     # The batches' caches share their buffers, sized once for the largest (freed when this returns).
-    limits = [int(output_limits(torch.tensor([len(prepared[batch[0]]) - 1]), config, model.config.max_positions))
-              for batch in batches]
+    limits = [int(output_limits(torch.tensor([len(prepared[batch[0]]) - 1]), config,
+                                model.config.max_positions - len(prefix))) + len(prefix) for batch in batches]
     buffers = CacheBuffers(rows=max((len(batch) for batch in batches), default=0) * config.beam,
                            row_positions=max((len(batch) * config.beam * limit for batch, limit in zip(batches, limits)),
                                              default=0))
     workers = min(workers, len(batches))
     if workers <= 1:
         for batch in batches:
-            collect(batch, _decode_in_memory(model, [prepared[i] for i in batch], config, device, buffers))
+            collect(batch, _decode_in_memory(model, [prepared[i] for i in batch], config, device, buffers, prefix))
         return results  # type: ignore[return-value]
-    _worker_job = (model, [[prepared[i] for i in batch] for batch in batches], config, buffers)
+    _worker_job = (model, [[prepared[i] for i in batch] for batch in batches], config, buffers, prefix)
     try:
         # The longest batches go first, so no worker is left with a long one at the end.
         with multiprocessing.get_context("fork").Pool(workers, _worker_start) as pool:

@@ -19,6 +19,7 @@ import torch
 
 from nmt import __version__, atomic
 from nmt.errors import NMTError
+from nmt.importing.names import hf_name
 from nmt.languages import language_name
 from nmt.model import sinusoidal_table, split_projections
 from nmt.translator import Translator
@@ -33,14 +34,6 @@ def exported_id(token: int, vocab_size: int) -> int:
 def nmt_id(token: int, vocab_size: int) -> int:
     """The nmt id of exported token `token` (inverse of `exported_id`)."""
     return (token + 1) % vocab_size
-
-
-# nmt name -> MarianMT name, per encoder / decoder layer.
-ENCODER_LAYER = {"self_attn": "self_attn", "attn_block.norm": "self_attn_layer_norm", "ff.fc1": "fc1",
-                 "ff.fc2": "fc2", "ff_block.norm": "final_layer_norm"}
-DECODER_LAYER = {"self_attn": "self_attn", "self_block.norm": "self_attn_layer_norm", "cross_attn": "encoder_attn",
-                 "cross_block.norm": "encoder_attn_layer_norm", "ff.fc1": "fc1", "ff.fc2": "fc2",
-                 "ff_block.norm": "final_layer_norm"}
 
 
 def _unsupported(translator: Translator) -> str | None:
@@ -65,18 +58,6 @@ def _require_empty(output: Path) -> None:
         raise NMTError(f"{output} exists and is not empty; choose another --output")
 
 
-
-
-def _rename(name: str) -> str:
-    """Map one nmt parameter name to its MarianMT name."""
-    if name.startswith(("src_embed.tokens.", "tgt_embed.tokens.")):
-        return "model.shared.weight"
-    stack, index, rest = name.split(".", 2)
-    table = ENCODER_LAYER if stack == "encoder" else DECODER_LAYER
-    for ours, theirs in table.items():
-        if rest.startswith(ours + "."):
-            return f"model.{stack}.layers.{index}.{theirs}{rest[len(ours):]}"
-    raise KeyError(name)
 
 
 def marian_config(translator: Translator):
@@ -108,7 +89,7 @@ def export_hf(model_dir: Path, output: Path) -> Path:
     _require_empty(output)
     hf = MarianMTModel(marian_config(translator))
     state = split_projections(translator.model.state_dict())  # MarianMT keeps q, k, v projections apart
-    weights = {_rename(name): tensor for name, tensor in state.items() if "table" not in name}
+    weights = {hf_name(name): tensor for name, tensor in state.items() if "table" not in name}
     weights["model.shared.weight"] = torch.roll(weights["model.shared.weight"], -1, dims=0)  # padding last
     table = sinusoidal_table(translator.config.model.max_positions, translator.config.model.d_model)
     weights["model.encoder.embed_positions.weight"] = weights["model.decoder.embed_positions.weight"] = table

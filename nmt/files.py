@@ -93,7 +93,8 @@ class _PartialOutput:
 def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Optional[Path], beam: Optional[int],
                    device: str = "auto", nbest: int = 1, stdin: Optional[TextIO] = None,
                    stdout: Optional[TextIO] = None, quantize: Optional[str] = None, workers: int = 1,
-                   decode: Optional[dict] = None, interactive: bool = False) -> int:
+                   decode: Optional[dict] = None, interactive: bool = False, src_lang: Optional[str] = None,
+                   tgt_lang: Optional[str] = None) -> int:
     """Translate a file (or stdin) into a file (or stdout), one line out per line in; returns the lines written.
 
     With nbest > 1 each input line gives `nbest` lines "INDEX ||| TRANSLATION ||| SCORE" (index from 0).
@@ -101,7 +102,8 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     (stdin to stdout, for a person typing) translates each line as soon as it is read. Into a file,
     more than `RESUME_CHUNK` lines are translated chunk by chunk, and the same call after an
     interruption continues from the last finished chunk (see `_PartialOutput`); to stdout, each
-    chunk is written as soon as it is done.
+    chunk is written as soon as it is done. `src_lang` and `tgt_lang` choose a tagged model's languages
+    (`Translator.tokenizer_for`).
     """
     decode = decode or {}
     if interactive and (input_path is not None or output_path is not None):
@@ -111,13 +113,16 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     translator = Translator.load(model_dir, device, quantize, decode.get("precision"))
     translator.settings(beam, {**decode, "nbest": nbest})  # a bad setting stops here, before reading the input
     settings = translator.settings(beam, decode)
+    translator.tokenizer_for(src_lang, tgt_lang)  # a language the model has no tag for stops here too
+    languages = {"src_lang": src_lang, "tgt_lang": tgt_lang}
 
     def render(lines: list[str], first: int = 0, progress: Optional[Callable[[int], None]] = None) -> list[str]:
         show = len(lines) > 100
         if nbest == 1:
-            return translator.translate(lines, beam=beam, show_progress=show, workers=workers, progress=progress, **decode)
+            return translator.translate(lines, beam=beam, show_progress=show, workers=workers, progress=progress,
+                                        **languages, **decode)
         found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=show, workers=workers,
-                                           progress=progress, **decode)
+                                           progress=progress, **languages, **decode)
         return [f"{first + i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(found) for text, score in hyps]
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
@@ -152,6 +157,7 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
         return len(out)
     # What the output is a translation of: a partial one of anything else is not continued.
     job = {"input": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest(), "lines": len(lines),
+           **({"languages": [src_lang, tgt_lang]} if src_lang or tgt_lang else {}),
            "checkpoint": _checkpoint_identity(checkpoint.inference_checkpoint(Path(model_dir))),
            "decode": dataclasses.asdict(settings), "nbest": nbest, "quantize": quantize}
     partial = _PartialOutput(output_path, job)

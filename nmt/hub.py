@@ -1,4 +1,5 @@
-"""Datasets from the Hugging Face hub: loading one, and turning every way the hub can fail into one DataError line.
+"""Datasets and models from the Hugging Face hub: loading one, and turning every way the hub can fail into one
+DataError line.
 
 Left alone, `datasets` meets an unreachable hub by retrying each request five times over about
 25 seconds, logging the URL at every try, and then raises a ConnectionError whose traceback ends
@@ -116,3 +117,31 @@ def _reason(exc: BaseException) -> str:
     """'Type: message' of an exception on one line (hub errors often span several)."""
     message = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+MODEL_INSTEAD = "give a local model directory instead (one saved with save_pretrained, or downloaded before)"
+
+
+def download_model(name: str, patterns: list[str]) -> "Path":
+    """The local directory of hub model `name`, downloaded (the files matching `patterns`) through huggingface_hub
+    into its cache; in offline mode (HF_HUB_OFFLINE=1) only a copy cached before. Every failure is one
+    DataError line, and an unreachable hub is found out by one short request, before any download."""
+    from pathlib import Path
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    where = f"hub:{name}"
+    local_only = bool(getattr(constants, "HF_HUB_OFFLINE", False))
+    if not local_only:
+        check_reachable(where, MODEL_INSTEAD)
+    try:
+        return Path(huggingface_hub.snapshot_download(name, allow_patterns=patterns, local_files_only=local_only))
+    except Exception as exc:  # huggingface_hub raises many types; the user gets one line
+        if local_only:
+            raise DataError(f"{where}: not in the local hub cache, and the hub's offline mode is on (HF_HUB_OFFLINE); "
+                            f"{MODEL_INSTEAD}, or turn offline mode off to download it") from None
+        cause = network_error(exc)
+        if cause is not None:
+            raise unreachable(where, _reason(cause), MODEL_INSTEAD) from None
+        raise DataError(f"{where}: cannot download it from the hub ({_reason(exc)})") from None

@@ -17,3 +17,22 @@ def language_name(code: str) -> str:
     key = {2: "alpha_2", 3: "alpha_3"}.get(len(base))
     found = pycountry.languages.get(**{key: base}) if key else None
     return found.name if found is not None else code
+
+
+def match_language(code: str, known: list[str]) -> str | None:
+    """The code among `known` (a model's language codes) that `code` names: itself, or the one code of
+    that language in another form ("de" for NLLB's "deu_Latn" or Tatoeba's "deu", through pycountry's
+    ISO 639 tables); None when there is none, or several (two scripts of one language)."""
+    if code in known:
+        return code
+    names = {code.lower()}
+    try:
+        import pycountry
+
+        found = pycountry.languages.get(alpha_2=code.lower()) if len(code) == 2 else None
+        if found is not None and hasattr(found, "alpha_3"):
+            names.add(found.alpha_3)
+    except ImportError:
+        pass
+    matches = [k for k in known if k.split("_")[0].lower() in names]
+    return matches[0] if len(matches) == 1 else None

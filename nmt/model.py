@@ -5,10 +5,13 @@ Conventions, chosen so a post-norm model maps one-to-one onto Hugging Face Maria
   The layers get it in SDPA's additive form (`attention_bias`), converted once per pass.
 - Token embeddings are scaled by sqrt(d_model); sinusoidal positions start at 0 and put the
   sines in the first half of the vector, the cosines in the second.
-- Every linear layer has a bias except the output projection; LayerNorm eps is 1e-5.
+- Every linear layer has a bias except the output projection (`output_bias` gives it one, as
+  MarianMT's `final_logits_bias`); LayerNorm eps is 1e-5.
 - The decoder starts from the padding token, whose embedding is the zero vector (Marian's and
-  CTranslate2's convention; `decoder_start: bos` starts from BOS instead). Padding is never an
-  output: its logit is -inf, so its tied embedding row gets no gradient and stays zero.
+  CTranslate2's convention; `decoder_start: bos` or `eos` starts from those instead). Padding is
+  never an output: its logit is -inf, so its tied embedding row gets no gradient and stays zero;
+  models trained elsewhere (`pad_in_softmax`) keep its logit in the softmax, and the search never
+  picks it.
 - Pre-norm models end each stack with a final LayerNorm; post-norm models have none.
 All attention runs through `torch.nn.functional.scaled_dot_product_attention`.
 """
@@ -119,10 +122,31 @@ class Cache:
 
 
 def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
-    """(n_positions, d_model): sin(p * w_i) in the first half, cos(p * w_i) in the second."""
+    """(n_positions, d_model): sin(p * w_i) in the first half, cos(p * w_i) in the second, w_i = 10000^(-2i/d)
+    (Vaswani et al.; MarianMT's table)."""
     frequencies = torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
     angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * frequencies[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
+
+
+FAIRSEQ_POSITION_OFFSET = 2  # fairseq's first position: its padding id (1) + 1
+
+
+def fairseq_sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
+    """(n_positions, d_model): fairseq's table (M2M100, NLLB), from its first position on: w_i =
+    10000^(-i/(d/2 - 1)), sines then cosines, computed in fp32 as fairseq does; nmt's position p is
+    fairseq's p + FAIRSEQ_POSITION_OFFSET."""
+    half = d_model // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.int64).float() * -(math.log(10000) / (half - 1)))
+    positions = torch.arange(FAIRSEQ_POSITION_OFFSET, n_positions + FAIRSEQ_POSITION_OFFSET, dtype=torch.int64).float()
+    angles = positions[:, None] * frequencies[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def position_table(c: ModelConfig) -> torch.Tensor:
+    """The fixed position table of `c.positions` (sinusoidal or sinusoidal_fairseq)."""
+    table = fairseq_sinusoidal_table if c.positions == "sinusoidal_fairseq" else sinusoidal_table
+    return table(c.max_positions, c.d_model)
 
 
 class Dropout(nn.Module):
@@ -305,7 +329,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, activation: str, dropout: float) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.activation = F.gelu if activation == "gelu" else F.relu
+        self.activation = {"gelu": F.gelu, "swish": F.silu}.get(activation, F.relu)
         self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -376,14 +400,14 @@ class DecoderLayer(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Token embedding * sqrt(d_model) + position encoding, then dropout."""
+    """Token embedding * sqrt(d_model) (unless `scale_embeddings` is off) + position encoding, then dropout."""
 
     def __init__(self, tokens: nn.Embedding, c: ModelConfig) -> None:
         super().__init__()
-        self.tokens, self.scale = tokens, math.sqrt(c.d_model)
+        self.tokens, self.scale = tokens, math.sqrt(c.d_model) if c.scale_embeddings else 1.0
         self.learned = nn.Embedding(c.max_positions, c.d_model) if c.positions == "learned" else None
         if self.learned is None:
-            self.register_buffer("table", sinusoidal_table(c.max_positions, c.d_model), persistent=False)
+            self.register_buffer("table", position_table(c), persistent=False)
         self.dropout = Dropout(c.dropout)
         self.max_positions = c.max_positions
 
@@ -398,10 +422,11 @@ class Embedding(nn.Module):
 class Transformer(nn.Module):
     """Encoder-decoder transformer. `encode` once, then `decode` in full or step by step with a cache."""
 
-    def __init__(self, c: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0, bos_id: int = 2) -> None:
+    def __init__(self, c: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0, bos_id: int = 2,
+                 eos_id: int = 3) -> None:
         super().__init__()
         self.config, self.pad_id = c, pad_id
-        self.start_id = pad_id if c.decoder_start == "pad" else bos_id  # first decoder input
+        self.start_id = {"pad": pad_id, "bos": bos_id, "eos": eos_id}[c.decoder_start]  # first decoder input
         if c.share_embeddings and src_vocab_size != tgt_vocab_size:
             raise ValueError("shared embeddings need equal source and target vocabularies")
         tgt_tokens = nn.Embedding(tgt_vocab_size, c.d_model, padding_idx=pad_id)
@@ -411,8 +436,17 @@ class Transformer(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
         self.encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
-        self.output = None if c.share_embeddings else nn.Linear(c.d_model, tgt_vocab_size, bias=False)
+        tied = c.share_embeddings or c.tie_output
+        self.output = None if tied else nn.Linear(c.d_model, tgt_vocab_size, bias=False)
+        self.output_bias = nn.Parameter(torch.zeros(tgt_vocab_size)) if c.output_bias else None
         self._init_weights()
+
+    def reset_buffers(self) -> None:
+        """Make the position tables anew, on the device of the weights (after weights were assigned to a model
+        built on the meta device)."""
+        for embed in (self.src_embed, self.tgt_embed):
+            if embed.learned is None:
+                embed.table = position_table(self.config).to(embed.tokens.weight.device)
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -464,11 +498,15 @@ class Transformer(nn.Module):
             logits = torch.matmul(x, self.output_weight().t(), out=out)
         else:  # a module call when there is an output layer, so that int8 quantization can replace it
             logits = F.linear(x, self.output_weight()) if self.output is None else self.output(x)  # (B, T, V)
-        logits[..., self.pad_id] = float("-inf")  # padding is never an output (a column write, not a bias add)
+        if self.output_bias is not None:
+            logits += self.output_bias
+        if not self.config.pad_in_softmax:
+            logits[..., self.pad_id] = float("-inf")  # padding is no class at all (a column write, not a bias add)
         return logits
 
     def output_weight(self) -> torch.Tensor:
-        """(V, D): the output projection's weight (the tied target embedding by default); no bias."""
+        """(V, D): the output projection's weight (the tied target embedding by default); its bias, where the
+        model has one, is `output_bias`."""
         return self.tgt_embed.tokens.weight if self.output is None else self.output.weight
 
     @torch.no_grad()

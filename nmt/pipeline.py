@@ -14,12 +14,13 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from nmt import checkpoint, distributed
-from nmt.config import Config, resumable_keys, save_config, to_dict
+from nmt.config import Config, resumable_keys, save_config, to_dict, with_init
 from nmt.data import Preparation, TrainingData, cache_root, read_corpus
 from nmt.errors import CheckpointError, ConfigError
 from nmt.evaluate import bleu, evaluate_model
 from nmt.model import Transformer, count_parameters
 from nmt.precision import decoding_model, trains_in_bf16
+from nmt.importing.run import Initial, initial_model
 from nmt.tokenizer import Tokenizer, load_tokenizer, prepare_tokenizer_from_sample
 from nmt.train import Trainer, ValidSet
 from nmt.translator import CONFIG_FILE, build_model, read_stored_config, resolve_device, translate_texts
@@ -42,16 +43,21 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
                                   f"(e.g. train.max_steps); use a new --run-dir for a different experiment")
 
 
-def _prepare_data(config: Config, run_dir: Path, resuming: bool) -> tuple[Tokenizer, TrainingData, list[str], list[str]]:
+def _prepare_data(config: Config, run_dir: Path, resuming: bool, initial: Optional[Initial] = None
+                  ) -> tuple[Tokenizer, TrainingData, list[tuple[str, list[str], list[str]]]]:
     """The tokenizer and the training corpora as token stores (streamed and cached: see nmt.data.prepare);
-    returns the validation texts too. A new run trains the tokenizer on a sample of the corpora, unless
-    one was trained on the same corpora with the same settings before; a resumed run keeps its own."""
+    returns the validation sets' names and texts too. A new run trains the tokenizer on a sample of the
+    corpora, unless one was trained on the same corpora with the same settings before, or takes the
+    initial model's (model.init); a resumed run keeps its own. A tokenizer with language tags is
+    returned with data.src_lang's and data.tgt_lang's."""
     d, t = config.data, config.tokenizer
     with Preparation(d, d.workers, quiet=not distributed.is_main()) as preparation:
-        valid_src, valid_tgt = (read_corpus(d.valid, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)
-                                if d.valid else ([], []))
+        valid = [(v.name, *read_corpus(v.path, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)) for v in d.valid]
         if resuming or not distributed.is_main():
-            tokenizer = load_tokenizer(run_dir)
+            tokenizer = load_tokenizer(run_dir, t.language_tags)
+        elif initial is not None:
+            initial.write_tokenizer(run_dir)
+            tokenizer = load_tokenizer(run_dir, t.language_tags)
         else:
             settings = json.dumps([preparation.key, to_dict(config)["tokenizer"], config.train.seed,
                                    importlib.metadata.version("sentencepiece")])
@@ -59,26 +65,46 @@ def _prepare_data(config: Config, run_dir: Path, resuming: bool) -> tuple[Tokeni
             tokenizer = prepare_tokenizer_from_sample(
                 t, run_dir, lambda: preparation.sample(t.input_sentence_size, config.train.seed, t.joint),
                 config.train.seed, cache)
+        tokenizer = tokenizer.for_languages(d.src_lang, d.tgt_lang)
         data = preparation.finish(tokenizer)
-    return tokenizer, data, valid_src, valid_tgt
+    return tokenizer, data, valid
 
 
-def train(config: Config, run_dir: Path) -> dict:
-    """Train (or resume) the run in `run_dir` and return a summary; works unchanged under torchrun."""
+def train(config: Config, run_dir: Path, given: frozenset[str] = frozenset()) -> dict:
+    """Train (or resume) the run in `run_dir` and return a summary; works unchanged under torchrun.
+
+    With model.init the run starts from that model (see `with_init`; `given`: the config keys the
+    user set, of which none may contradict the initial model's architecture or tokenizer)."""
     if not config.data.train:
         raise ConfigError("data.train is empty: name a corpus (file prefix, .tsv, .jsonl, dataset dir or hub:NAME)")
     device = distributed.setup(resolve_device(config.train.device))
     try:
-        return _train(config, run_dir, device)
+        return _train(config, run_dir, device, given)
     finally:
         distributed.teardown()
 
 
-def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
+def _refuse_imported(run_dir: Path) -> None:
+    stored = run_dir / CONFIG_FILE
+    if stored.is_file() and read_stored_config(stored).model.imported_from:
+        raise ConfigError(f"{run_dir} holds an imported model; fine-tune it into a new run directory: "
+                          f"--set model.init={run_dir} --run-dir NEW")
+
+
+def _train(config: Config, run_dir: Path, device: torch.device, given: frozenset[str]) -> dict:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    latest = checkpoint.latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    initial = None
+    if config.model.init:
+        if latest is not None:  # the run's own config holds the architecture; the initial model may be gone
+            config = with_init(config, to_dict(read_stored_config(run_dir / CONFIG_FILE)), given)
+        else:
+            initial = initial_model(config.model.init)
+            config = with_init(config, to_dict(initial.config), given)
+    if latest is None:
+        _refuse_imported(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
         _check_resume_config(run_dir, config)
     # Under torchrun, rank 0 trains the tokenizer and prepares the corpora; the other ranks wait for it (as
@@ -86,22 +112,24 @@ def _train(config: Config, run_dir: Path, device: torch.device) -> dict:
     if distributed.is_main():
         checkpoint.forget_average(run_dir)
     with distributed.main_first("data"):
-        tokenizer, corpus, valid_src, valid_tgt = _prepare_data(config, run_dir, latest is not None)
+        tokenizer, corpus, valid_texts = _prepare_data(config, run_dir, latest is not None, initial)
         if distributed.is_main():
             save_config(config, run_dir / CONFIG_FILE)
     torch.manual_seed(config.train.seed)
     model = build_model(config, tokenizer)
+    if initial is not None:
+        initial.load_weights(model)
     log.info("model: %s parameters", f"{count_parameters(model):,}")
     if distributed.world_size() > 1:
         torch.manual_seed(config.train.seed + distributed.rank())  # same initial weights, different dropout masks
-    valid: Optional[ValidSet] = None
-    bleu_fn: Optional[Callable[[Transformer], float]] = None
-    if valid_src:
+    valid = []
+    for name, valid_src, valid_tgt in valid_texts:
         pairs = [(s.strip(), t.strip()) for s, t in zip(valid_src, valid_tgt) if s.strip() and t.strip()]
-        valid = ValidSet(tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs]))
         limit = config.train.valid_bleu_sentences or len(pairs)
-        bleu_fn = _validation_bleu(config, tokenizer, device, [s for s, _ in pairs[:limit]], [t for _, t in pairs[:limit]])
-    trainer = Trainer(model, config.train, run_dir, corpus, valid, bleu_fn, device)
+        valid.append(ValidSet(tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs]),
+                              name, _validation_bleu(config, tokenizer, device, [s for s, _ in pairs[:limit]],
+                                                     [t for _, t in pairs[:limit]])))
+    trainer = Trainer(model, config.train, run_dir, corpus, valid, None, device)
     if latest is not None:
         trainer.resume(latest)
     reason = trainer.train()

@@ -31,26 +31,27 @@ def _step_candidates(model: Transformer, last: torch.Tensor, memory: torch.Tenso
 
     No (N, V) log-probability tensor is made: the tokens with the best logits are the ones with the
     best log-probabilities, so only the log-normaliser needs the whole vocabulary. BOS is never
-    produced (padding's logit is already -inf); rows where `at_limit` (N,) is True have EOS as their
-    only candidate.
+    produced, nor padding (whose logit is -inf, except in models that keep it in the softmax:
+    `pad_in_softmax`); rows where `at_limit` (N,) is True have EOS as their only candidate.
     """
     rows, vocabulary = last.size(0), model.tgt_embed.tokens.num_embeddings
     # The logits (rows x vocabulary, 10 MB for 320 rows of 8,000) go into one buffer, reused step after step.
     out = cache.buffers.take(("logits",), memory, (rows, 1, vocabulary), cache.buffers.rows * vocabulary)
     logits = model.decode(last, memory, src_mask, cache, out=out)[:, -1].float()  # a bf16 model's are summed in fp32
-    bos = logits[:, BOS_ID].clone()
-    logits[:, BOS_ID] = float("-inf")
+    never = [BOS_ID, PAD_ID] if model.config.pad_in_softmax else BOS_ID  # tokens counted, never produced
+    bos = logits[:, never].clone()
+    logits[:, never] = float("-inf")
     values, tokens = top_k(logits, min(k, logits.size(-1)))  # in no order: the caller ranks them
     # The log-normaliser over every token, BOS included, as torch.logsumexp computes it, but in the
     # logits' own memory, which is no longer needed: no (N, V) temporary, and the row maximum is
     # the best candidate's or BOS's logit, without another pass.
-    top = torch.maximum(values.amax(-1, keepdim=True), bos[:, None])
+    top = torch.maximum(values.amax(-1, keepdim=True), bos.view(bos.size(0), -1).amax(-1, keepdim=True))
     if at_limit is not None:  # a select, not boolean indexing, which would wait for the device
         eos_only = torch.full_like(values, float("-inf"))
         eos_only[:, 0] = logits[:, EOS_ID]
         values = torch.where(at_limit[:, None], eos_only, values)
         tokens = tokens.masked_fill(at_limit[:, None], EOS_ID)
-    logits[:, BOS_ID] = bos
+    logits[:, never] = bos
     normaliser = logits.sub_(top).exp_().sum(-1, keepdim=True).log_().add_(top)
     return values - normaliser, tokens
 
@@ -78,10 +79,25 @@ def top_k(x: torch.Tensor, k: int, chunk: int = 64) -> tuple[torch.Tensor, torch
     return values, best.gather(1, position // chunk) * chunk + position % chunk
 
 
+def _begin(model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, cache: Cache,
+           prefix: Optional[torch.Tensor]) -> torch.Tensor:
+    """The decoder's first inputs, (B, 1 + P): the start token, then `prefix` (B, P), the tokens every
+    output begins with (a target-language tag: forced, as `forced_bos_token_id` forces it, with
+    log-probability 0). All but the last go through the decoder into the cache at once."""
+    B = memory.size(0)
+    start = torch.full((B, 1), model.start_id, dtype=torch.long, device=memory.device)
+    if prefix is None or prefix.size(1) == 0:
+        return start
+    history = torch.cat([start, prefix.to(memory.device)], dim=1)
+    model.decode(history[:, :-1], memory, src_mask, cache, project=False)
+    return history
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all, a little faster than no_grad
 def greedy_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor,
-                  buffers: Optional[CacheBuffers] = None) -> list[list[Hypothesis]]:
-    """src (B, S) padded ids ending in EOS; max_lens (B,) output limits counting EOS; `buffers`: see `Cache`.
+                  buffers: Optional[CacheBuffers] = None, prefix: Optional[torch.Tensor] = None) -> list[list[Hypothesis]]:
+    """src (B, S) padded ids ending in EOS; max_lens (B,) output limits counting EOS (and the prefix);
+    `buffers`: see `Cache`; `prefix` (B, P): tokens every output starts with (see `_begin`).
 
     Rows that have ended stay in the batch (producing padding) until every row has: the step's one
     host read is whether all have.
@@ -90,10 +106,11 @@ def greedy_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor,
     memory, src_mask = model.encode(src)
     B = src.size(0)
     cache = model.new_cache(capacity=max(limits), buffers=buffers)
-    last = torch.full((B, 1), model.start_id, dtype=torch.long, device=src.device)
-    generated, log_prob = [], torch.zeros(B, device=src.device)
+    history = _begin(model, memory, src_mask, cache, prefix)
+    last = history[:, -1:]
+    generated, log_prob = list(history[:, 1:].unbind(1)), torch.zeros(B, device=src.device)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
-    for step in range(max(limits)):
+    for step in range(len(generated), max(limits)):
         at_limit = max_lens <= step + 1 if step + 1 >= min(limits) else None
         values, tokens = _step_candidates(model, last, memory, src_mask, cache, at_limit, 1)
         best, token = values[:, 0], tokens[:, 0]
@@ -160,13 +177,15 @@ class _Finished:
 
 @torch.inference_mode()
 def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, beam: int,
-                length_penalty: float = 1.0, nbest: int = 1, buffers: Optional[CacheBuffers] = None) -> list[list[Hypothesis]]:
+                length_penalty: float = 1.0, nbest: int = 1, buffers: Optional[CacheBuffers] = None,
+                prefix: Optional[torch.Tensor] = None) -> list[list[Hypothesis]]:
     """Batched beam search: `beam` hypotheses per sentence, each step one decoder call for all of them.
 
     A candidate ending in EOS that ranks within the top `beam` is finished; a sentence is done
     once it has `beam` finished hypotheses, and its rows leave the batch, so each step costs only
     what the sentences still searching need. Returns the `nbest` best per sentence, best first.
-    `buffers` (see `Cache`) may be shared by the searches of successive batches.
+    `buffers` (see `Cache`) may be shared by the searches of successive batches; `prefix` (B, P)
+    is what every hypothesis starts with (see `_begin`), counted in its length.
     """
     B, K, device = src.size(0), beam, src.device
     limit_of = max_lens.tolist()  # the host's copy, read once: output limits by input index
@@ -174,12 +193,12 @@ def beam_search(model: Transformer, src: torch.Tensor, max_lens: torch.Tensor, b
     # The first step has one row per sentence (all K beams would be the same); it spreads to K rows.
     R, limits = 1, max_lens  # R decoder rows per sentence; limits (n,) of the sentences searched
     cache = model.new_cache(capacity=max(limit_of), buffers=buffers)
-    tokens = torch.full((B, 1), model.start_id, dtype=torch.long, device=device)  # (n * R, step + 1)
+    tokens = _begin(model, memory, src_mask, cache, prefix)  # (n * R, step + 1)
     scores = torch.zeros(B, R, device=device)  # fp32 sums of log-probabilities, whatever the model's dtype
     store = _Finished(B, K, max(limit_of), device)
     alive, alive_ids = torch.arange(B, device=device), list(range(B))  # input index of each sentence searched
     count = torch.zeros(B, dtype=torch.long, device=device)  # finished hypotheses of each of them
-    for step in range(max(limit_of)):
+    for step in range(tokens.size(1) - 1, max(limit_of)):
         n = len(alive_ids)
         at_limit = None  # rows whose next token is their last: none until the shortest limit comes
         if step + 1 >= min(limit_of[i] for i in alive_ids):

@@ -1,8 +1,11 @@
-"""SentencePiece tokenizers: train, load, encode and decode, joint or separate vocabularies."""
+"""SentencePiece tokenizers: train, load, encode and decode, joint or separate vocabularies; an imported
+model's own vocabulary over its SentencePiece models, and language tags."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import logging
 import random
 import shutil
@@ -18,6 +21,7 @@ from tqdm import tqdm
 from nmt import atomic
 from nmt.config import TokenizerConfig
 from nmt.errors import CheckpointError, DataError
+from nmt.languages import match_language
 
 # Fixed special ids, the same in every vocabulary this toolkit trains.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -89,7 +93,9 @@ class _Elapsed:
         self.bar.close()
 
 
-def _load_processor(path: Path) -> spm.SentencePieceProcessor:
+def _load_processor(path: Path, own_ids: bool = True) -> spm.SentencePieceProcessor:
+    """A SentencePiece model; `own_ids`: one of nmt's, whose special ids are nmt's (an imported model's
+    pieces are mapped onto its vocabulary instead, see `Vocabulary`)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: tokenizer model not found (train one with `nmt tokenizer train` or `nmt train`)")
     try:
@@ -97,56 +103,168 @@ def _load_processor(path: Path) -> spm.SentencePieceProcessor:
     except (RuntimeError, OSError) as exc:
         raise CheckpointError(f"{path}: not a SentencePiece model ({exc})") from None
     ids = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
-    if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+    if own_ids and ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
         raise CheckpointError(f"{path}: special ids (pad, unk, bos, eos) are {ids}, expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}")
     return processor
 
 
+VOCAB_FILE = "vocab.json"
+
+
+@dataclass
+class Vocabulary:
+    """A model's own vocabulary, for models whose ids are not their SentencePiece models' (imported ones):
+    the piece of every model id, source and target (the same list when they share one id space),
+    nmt's specials at PAD_ID, UNK_ID, BOS_ID, EOS_ID, and the language tags: code -> the tag's piece.
+    Written to `vocab.json` beside the SentencePiece models."""
+
+    source: list[str]
+    target: list[str]
+    tags: dict[str, str]
+
+    def __post_init__(self) -> None:
+        self.source_index = {piece: i for i, piece in enumerate(self.source)}
+        self.target_index = self.source_index if self.target is self.source else {p: i for i, p in enumerate(self.target)}
+
+    @classmethod
+    def read(cls, path: Path) -> "Vocabulary":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            source = list(data["source"])
+            return cls(source, list(data["target"]) if "target" in data else source, dict(data.get("tags", {})))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: unreadable vocabulary ({exc})") from None
+
+    def write(self, path: Path) -> None:
+        data: dict = {"source": self.source}
+        if self.target is not self.source:
+            data["target"] = self.target
+        data["tags"] = self.tags
+        atomic.write_text(path, json.dumps(data, ensure_ascii=False))
+
+    def tag_id(self, code: str) -> int:
+        """The (source-side) id of language `code`'s tag."""
+        return self.source_index[self.tags[code]]
+
+
 @dataclass
 class Tokenizer:
-    """Source and target SentencePiece processors (the same object when the vocabulary is joint)."""
+    """Source and target SentencePiece processors (the same object when the vocabulary is joint), and for an
+    imported model the `vocab` its ids belong to.
+
+    `src_prefix` and `tgt_prefix` are the ids every source and target starts with: a language
+    pair's tags (`for_languages`), as `language_tags` says: target_in_source puts the target
+    language's tag before the source; source_and_forced_target puts the source's there and the
+    target's first in the target, where decoding forces it.
+    """
 
     src: spm.SentencePieceProcessor
     tgt: spm.SentencePieceProcessor
     files: tuple[Path, ...]
+    vocab: Optional[Vocabulary] = None
+    language_tags: str = "none"
+    src_prefix: tuple[int, ...] = ()
+    tgt_prefix: tuple[int, ...] = ()
 
     @property
     def joint(self) -> bool:
-        return self.src is self.tgt
+        return self.vocab.source is self.vocab.target if self.vocab is not None else self.src is self.tgt
 
     @property
     def src_vocab_size(self) -> int:
-        return self.src.get_piece_size()
+        return len(self.vocab.source) if self.vocab is not None else self.src.get_piece_size()
 
     @property
     def tgt_vocab_size(self) -> int:
-        return self.tgt.get_piece_size()
+        return len(self.vocab.target) if self.vocab is not None else self.tgt.get_piece_size()
 
     def encode_src(self, lines: Iterable[str], threads: int = -1) -> list[list[int]]:
         """Token ids of each line; `threads` encode in parallel (-1: SentencePiece's default, all cores)."""
-        return self.src.encode(list(lines), num_threads=threads)
+        index = self.vocab.source_index if self.vocab is not None else None
+        return self._encode(self.src, index, self.src_prefix, lines, threads)
 
     def encode_tgt(self, lines: Iterable[str], threads: int = -1) -> list[list[int]]:
-        return self.tgt.encode(list(lines), num_threads=threads)
+        index = self.vocab.target_index if self.vocab is not None else None
+        return self._encode(self.tgt, index, self.tgt_prefix, lines, threads)
+
+    @staticmethod
+    def _encode(processor: spm.SentencePieceProcessor, index: Optional[dict[str, int]], prefix: tuple[int, ...],
+                lines: Iterable[str], threads: int) -> list[list[int]]:
+        if index is None:
+            ids = processor.encode(list(lines), num_threads=threads)
+        else:  # the model's ids of the pieces, as Hugging Face's MarianTokenizer maps them: unknown pieces are UNK
+            ids = [[index.get(piece, UNK_ID) for piece in pieces]
+                   for pieces in processor.encode(list(lines), out_type=str, num_threads=threads)]
+        return [[*prefix, *row] for row in ids] if prefix else ids
 
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        return self.tgt.decode([list(x) for x in ids])
+        """Text of each output; language tags (and, in a model's own vocabulary, its specials) are left out."""
+        if self.vocab is None:
+            drop = set(self.tgt_prefix)
+            return self.tgt.decode([[int(i) for i in x if int(i) not in drop] for x in ids])
+        vocab = self.vocab
+        special = {PAD_ID, UNK_ID, BOS_ID, EOS_ID} | {vocab.target_index[p] for p in vocab.tags.values()
+                                                       if p in vocab.target_index}
+        # Pieces back to text as Hugging Face's MarianTokenizer does (with the source model when the
+        # vocabulary is joint), its special tokens skipped.
+        processor = self.src if self.joint else self.tgt
+        return [processor.decode_pieces([vocab.target[i] for i in map(int, x) if i not in special]).strip()
+                for x in ids]
 
     def src_pieces(self, line: str) -> list[str]:
-        return self.src.encode(line, out_type=str)
+        if self.vocab is None:
+            return self.src.encode(line, out_type=str)
+        return [self.vocab.source[i] for i in self.encode_src([line])[0]]
 
     def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
-        return [self.tgt.id_to_piece(int(i)) for i in ids]
+        if self.vocab is None:
+            return [self.tgt.id_to_piece(int(i)) for i in ids]
+        return [self.vocab.target[int(i)] for i in ids]
+
+    def languages(self) -> list[str]:
+        """The language codes this tokenizer has tags for (none without language tags)."""
+        return sorted(self.vocab.tags) if self.vocab is not None and self.language_tags != "none" else []
+
+    def for_languages(self, src_lang: str, tgt_lang: str) -> "Tokenizer":
+        """This tokenizer with the tags of translating `src_lang` into `tgt_lang` as prefixes (itself when
+        the model has no language tags). A language without a tag is a DataError naming those there are."""
+        if self.language_tags == "none":
+            return self
+        target = self._tag(tgt_lang, "target")
+        if self.language_tags == "target_in_source":
+            return dataclasses.replace(self, src_prefix=(target,), tgt_prefix=())
+        source = self._tag(src_lang, "source")
+        target_side = self.vocab.target_index[self.vocab.tags[self._code(tgt_lang, "target")]]
+        return dataclasses.replace(self, src_prefix=(source,), tgt_prefix=(target_side,))
+
+    def _code(self, code: str, side: str) -> str:
+        known = self.languages()
+        found = match_language(code, known)
+        if found is None:
+            shown = ", ".join(known[:12]) + (f" and {len(known) - 12} more" if len(known) > 12 else "")
+            what = f"{side} language {code!r}" if code else f"no {side} language given"
+            raise DataError(f"{what}: this model has tags for {shown} (--{side[:3]}-lang, or the server's {side})")
+        return found
+
+    def _tag(self, code: str, side: str) -> int:
+        assert self.vocab is not None
+        return self.vocab.tag_id(self._code(code, side))
 
 
-def load_tokenizer(directory: Path) -> Tokenizer:
-    """Load the tokenizer stored in a run/model directory (joint or separate files)."""
+def load_tokenizer(directory: Path, language_tags: str = "none") -> Tokenizer:
+    """Load the tokenizer stored in a run/model directory (joint or separate files; with `vocab.json`, an
+    imported model's vocabulary); `language_tags` is the run's tokenizer.language_tags."""
+    vocab = Vocabulary.read(directory / VOCAB_FILE) if (directory / VOCAB_FILE).is_file() else None
+    own = vocab is None
+    extra = (directory / VOCAB_FILE,) if vocab is not None else ()
+    if language_tags != "none" and not (vocab is not None and vocab.tags):
+        raise CheckpointError(f"{directory}: tokenizer.language_tags is {language_tags}, but {VOCAB_FILE} names no tags")
     if (directory / JOINT_FILE).is_file():
-        processor = _load_processor(directory / JOINT_FILE)
-        return Tokenizer(processor, processor, (directory / JOINT_FILE,))
+        processor = _load_processor(directory / JOINT_FILE, own)
+        return Tokenizer(processor, processor, (directory / JOINT_FILE, *extra), vocab, language_tags)
     if (directory / SRC_FILE).is_file() or (directory / TGT_FILE).is_file():
-        return Tokenizer(_load_processor(directory / SRC_FILE), _load_processor(directory / TGT_FILE),
-                         (directory / SRC_FILE, directory / TGT_FILE))
+        return Tokenizer(_load_processor(directory / SRC_FILE, own), _load_processor(directory / TGT_FILE, own),
+                         (directory / SRC_FILE, directory / TGT_FILE, *extra), vocab, language_tags)
     raise CheckpointError(f"{directory}: no tokenizer ({JOINT_FILE}, or {SRC_FILE} and {TGT_FILE}); "
                           "is this a run directory made by `nmt train`?")
 

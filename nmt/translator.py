@@ -62,7 +62,8 @@ def translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[st
     ids = tokenizer.encode_src([lines[i].strip() for i in todo])
     with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_progress or progress is not None,
               mininterval=1.0) as bar:
-        hyps = translate_ids(model, ids, decode, device, progress=progress or bar.update, workers=workers)
+        hyps = translate_ids(model, ids, decode, device, progress=progress or bar.update, workers=workers,
+                             prefix=tokenizer.tgt_prefix)
     out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
     for index, found in zip(todo, hyps):
         out[index] = list(zip(tokenizer.decode_tgt([h.tokens for h in found]), (h.score for h in found)))
@@ -122,15 +123,16 @@ class Translator:
             config = merge({"decode": {"precision": precision}}, config)
             validate(config)
         precision = config.decode.precision
-        tokenizer = load_tokenizer(model_dir)
+        tokenizer = load_tokenizer(model_dir, config.tokenizer.language_tags)
         torch_device = resolve_device(device)
         dtype = decoding_dtype(precision, torch_device)
         if quantize is not None and (quantize != "int8" or torch_device.type != "cpu"):
             raise ConfigError(f"--quantize {quantize!r}: int8 (on --device cpu) or bf16 are supported")
         if quantize is not None and dtype != torch.float32:
             raise ConfigError(f"--quantize {quantize} quantizes an fp32 model, not {precision}; use --precision fp32")
-        model = build_model(config, tokenizer)
-        checkpoint.load_checkpoint_weights(model, checkpoint.inference_checkpoint(model_dir))
+        with torch.device("meta"):  # no memory for weights that loading replaces: one copy of them in all
+            model = build_model(config, tokenizer)
+        checkpoint.load_checkpoint_weights(model, checkpoint.inference_checkpoint(model_dir), assign=True)
         model = model.to(torch_device, dtype).eval()
         # The Translator's settings name the dtype it decodes in (see `settings`).
         config = dataclasses.replace(config, decode=dataclasses.replace(
@@ -153,21 +155,30 @@ class Translator:
                               f"{self.config.decode.precision}; load it with that precision (--precision)")
         return config.decode
 
+    def tokenizer_for(self, src_lang: Optional[str] = None, tgt_lang: Optional[str] = None) -> Tokenizer:
+        """The tokenizer with the language tags of `src_lang` -> `tgt_lang` (by default the run's data.src_lang and
+        data.tgt_lang), for a model with language tags; a language the model has no tag for is an error."""
+        data = self.config.data
+        return self.tokenizer.for_languages(src_lang or data.src_lang, tgt_lang or data.tgt_lang)
+
     def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False,
-                  workers: int = 1, progress: Optional[Callable[[int], None]] = None, **decode) -> list[str]:
+                  workers: int = 1, progress: Optional[Callable[[int], None]] = None, src_lang: Optional[str] = None,
+                  tgt_lang: Optional[str] = None, **decode) -> list[str]:
         """Translate lines; `beam` and other DecodeConfig fields override the model's stored decode settings.
 
         `workers` > 1 decodes in that many CPU processes of one thread each (see `translate_ids`).
         `progress(n)` is called as batches of n sentences are done (e.g. a progress bar's update).
+        `src_lang` and `tgt_lang` choose the language tags of a model that has them (`tokenizer_for`).
         """
         settings = self.settings(beam, decode)
-        return translate_texts(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers,
-                                progress)
+        return translate_texts(self.model, self.tokenizer_for(src_lang, tgt_lang), lines, settings, self.device,
+                               show_progress, workers, progress)
 
     def translate_nbest(self, lines: Sequence[str], nbest: int, beam: Optional[int] = None,
                         show_progress: bool = False, workers: int = 1, progress: Optional[Callable[[int], None]] = None,
+                        src_lang: Optional[str] = None, tgt_lang: Optional[str] = None,
                         **decode) -> list[list[tuple[str, float]]]:
         """The `nbest` best (text, score) pairs per line; score is log-probability / length**length_penalty."""
         settings = self.settings(beam, {**decode, "nbest": nbest})
-        return translate_nbest(self.model, self.tokenizer, lines, settings, self.device, show_progress, workers,
-                                progress)
+        return translate_nbest(self.model, self.tokenizer_for(src_lang, tgt_lang), lines, settings, self.device,
+                               show_progress, workers, progress)

@@ -90,11 +90,20 @@ def plot_curves(run_dir: Path, output: Path) -> Path:
     plt = _pyplot()
     fig, (loss_ax, bleu_ax, lr_ax) = plt.subplots(1, 3, figsize=(15, 4))
     loss_ax.plot([r["step"] for r in train], [r["nll"] for r in train], label="train (nll)")
-    loss_ax.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="validation (nll)")
+    sets = sorted({name for r in valid for name in r.get("valid_sets", {})})
+    if not sets:  # one validation set
+        loss_ax.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="validation (nll)")
+        scored = [r for r in valid if "valid_bleu" in r]
+        bleu_ax.plot([r["step"] for r in scored], [r["valid_bleu"] for r in scored], "o-", color="tab:green")
+    for name in sets:  # several (data.valid's names): one curve each
+        found = [(r["step"], r["valid_sets"][name]) for r in valid if name in r.get("valid_sets", {})]
+        loss_ax.plot([step for step, _ in found], [f["loss"] for _, f in found], "o-", label=f"{name} (nll)")
+        scored = [(step, f["bleu"]) for step, f in found if "bleu" in f]
+        bleu_ax.plot([step for step, _ in scored], [b for _, b in scored], "o-", label=name)
+    if sets:
+        bleu_ax.legend()
     loss_ax.set(xlabel="step", ylabel="loss per target token", title="loss")
     loss_ax.legend()
-    scored = [r for r in valid if "valid_bleu" in r]
-    bleu_ax.plot([r["step"] for r in scored], [r["valid_bleu"] for r in scored], "o-", color="tab:green")
     bleu_ax.set(xlabel="step", ylabel="sacreBLEU", title="validation BLEU")
     lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:red")
     lr_ax.set(xlabel="step", ylabel="learning rate", title="learning rate")

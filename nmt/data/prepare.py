@@ -258,6 +258,8 @@ class Preparation:
         digest = hashlib.sha256()
         for file in tokenizer.files:
             digest.update(file.read_bytes())
+        if tokenizer.src_prefix or tokenizer.tgt_prefix:  # language tags the ids start with
+            digest.update(f"tags {list(tokenizer.src_prefix)} {list(tokenizer.tgt_prefix)}".encode())
         c = self.config
         stores, stats = [], []
         for index, corpus in enumerate(self.corpora):

@@ -7,7 +7,7 @@ import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,17 +41,22 @@ class Update(NamedTuple):
 class Trainer:
     """Runs updates until a bound is hit; validates, logs to metrics.jsonl and checkpoints on the way.
 
+    `valid` is one validation set or several (`ValidSet`s, each with its BLEU function; `bleu` is the
+    one set's when it has none).
+
     What it holds besides the loop has a file of its own: the resumable state and its checkpoints
     (`state.RunState`), the batch stream (`stream`), the metrics (`metrics.Metrics`), validation
     (`validation.Validation`) and Ctrl-C (`interrupt.CtrlC`).
     """
 
     def __init__(self, model: Transformer, config: TrainConfig, run_dir: Path, corpus: TrainingData,
-                 valid: Optional[ValidSet] = None, bleu: Optional[Callable[[Transformer], float]] = None,
+                 valid: Optional[ValidSet | Sequence[ValidSet]] = None,
+                 bleu: Optional[Callable[[Transformer], float]] = None,
                  device: torch.device = torch.device("cpu")) -> None:
         self.model, self.config, self.run_dir = model.to(device), config, run_dir
         self.corpus, self.device = corpus, device
         self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.parameters = optim.freeze(model, config.freeze)  # those that train
         # Under bf16 the forward and backward run through a twin with bf16 linear weights, cast once per update;
         # on a CPU their row counts are rounded up (see `nmt.precision.RowBucketedLinear`).
         self.bf16 = precision.trains_in_bf16(config.precision, device)  # resolved once: auto's choice depends on the hardware
@@ -71,15 +76,16 @@ class Trainer:
         self.uncompiled = compiles(config, device)  # compiled at the first update, see `_compile_on_fixed_shapes`
         if self.uncompiled:
             self.net = compile_model(self.net, fallback=config.compile == "auto")
-        self.parameters = list(model.parameters())
         self.optimizer = optim.adamw(self.parameters, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, optim.inverse_sqrt(config.warmup_steps))
         self.ema = optim.MovingAverage(model, config.ema_decay) if config.ema_decay else None
         self.state = RunState(model, self.optimizer, self.scheduler, self.ema, run_dir, config.keep_last, config.seed,
                               device)
         self.metrics = Metrics(run_dir / "metrics.jsonl", self.rank)
-        self.validation = None if valid is None else Validation(model, valid, bleu, config, device, self._batch_loss,
-                                                                 self._autocast)
+        sets = [] if valid is None else [valid] if isinstance(valid, ValidSet) else list(valid)
+        if len(sets) == 1 and sets[0].bleu is None and bleu is not None:
+            sets[0] = ValidSet(sets[0].src, sets[0].tgt, sets[0].name, bleu)
+        self.validation = Validation(model, sets, config, device, self._batch_loss, self._autocast) if sets else None
 
     @property
     def progress(self) -> Progress:
@@ -183,7 +189,10 @@ class Trainer:
     def _batch_loss(self, net: torch.nn.Module, x: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss and NLL of one collated batch (on the device) through `net`, the model or its wrapper."""
         hidden = net(x["src"], x["tgt_in"], x["targets"], project=False)  # (targets, D): padding skipped
-        return label_smoothed_loss(hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]], smoothing)
+        args = (hidden, self.model.output_weight(), x["tgt_out"].view(-1)[x["targets"]], smoothing)
+        if self.model.output_bias is not None or self.model.config.pad_in_softmax:  # a model trained elsewhere
+            args += (None, self.model.output_bias, self.model.config.pad_in_softmax)
+        return label_smoothed_loss(*args)
 
     def _after_out_of_memory(self, group: list[np.ndarray]) -> Optional[Update]:
         """Retry the update with every batch split in two, and lower the budget of later epochs."""

@@ -11,12 +11,15 @@ from nmt.tokenizer import PAD_ID
 
 
 def label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,
-                        chunk_elements: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed NLL of the logits hidden @ weight.T over non-padding targets.
+                        chunk_elements: Optional[int] = None, bias: Optional[torch.Tensor] = None,
+                        pad_in_softmax: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed cross-entropy and summed NLL of the logits hidden @ weight.T (+ bias) over
+    non-padding targets.
 
-    hidden (n, D) decoder outputs, weight (V, D) the output projection, target (n,). Smoothing
-    spreads `smoothing` of the mass uniformly over the vocabulary but padding (Szegedy et al.,
-    2016), as in the transformer paper; padding's logit is -inf, so it is no class.
+    hidden (n, D) decoder outputs, weight (V, D) the output projection, bias (V,) its bias if it has
+    one, target (n,). Smoothing spreads `smoothing` of the mass uniformly over the vocabulary but
+    padding (Szegedy et al., 2016), as in the transformer paper; padding's logit is -inf, so it is no
+    class, unless `pad_in_softmax` (the model's option of that name) keeps it in the softmax.
 
     The logits are the largest tensors of a step, so they are never all made at once: a chunk of
     `chunk_elements` logits at a time, each chunk's gradients (softmax minus the smoothed one-hot,
@@ -26,30 +29,36 @@ def label_smoothed_loss(hidden: torch.Tensor, weight: torch.Tensor, target: torc
     """
     if chunk_elements is None:
         chunk_elements = 2 ** 25 if hidden.is_cuda else 2 ** 20
-    return _SmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)))
+    return _SmoothedLoss.apply(hidden, weight, target, smoothing, max(1, chunk_elements // weight.size(0)), bias,
+                               pad_in_softmax)
 
 
 def _smoothed_chunk(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, u: torch.Tensor, smoothing: float,
-                    gradient: bool, out: Optional[torch.Tensor] = None
+                    gradient: bool, out: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                    bias_sum: float | torch.Tensor = 0.0, pad_in_softmax: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Loss and NLL sums of one chunk of rows, and the softmax (rows, V) in h's dtype when `gradient`
     (written into `out` if given).
 
-    u (D,) is the sum of the real classes' weight rows, so a row's logit sum over the real classes
-    is h @ u, without a pass over the logits. Only two passes touch all of them besides the matrix
-    multiply: the row-wise fused log-softmax, and exp for the softmax.
+    u (D,) is the sum of the real classes' weight rows (and `bias_sum` that of their biases), so a
+    row's logit sum over the real classes is h @ u + bias_sum, without a pass over the logits. Only
+    two passes touch all of them besides the matrix multiply: the row-wise fused log-softmax, and
+    exp for the softmax.
     """
     assert PAD_ID == 0  # the classes are the columns after it
     V = w.size(0)
     x = (h @ w.t()).float()  # (rows, V) logits
-    x[:, PAD_ID] = float("-inf")
+    if bias is not None:
+        x += bias
+    if not pad_in_softmax:
+        x[:, PAD_ID] = float("-inf")
     log_probs = torch.log_softmax(x, dim=-1)
     real, zero = t != PAD_ID, x.new_zeros(())
     nll = torch.where(real, -log_probs.gather(1, t[:, None]).squeeze(1), zero)  # -log p(target)
     loss = (1 - smoothing) * nll
     if smoothing:  # -mean log p over the real classes = log-normaliser - mean logit
         normaliser = x.gather(1, t[:, None]).squeeze(1) + nll  # logit - log p of the target
-        loss = loss + smoothing * torch.where(real, normaliser - (h.float() @ u) / (V - 1), zero)
+        loss = loss + smoothing * torch.where(real, normaliser - (h.float() @ u + bias_sum) / (V - 1), zero)
     if not gradient:
         return loss.sum(), nll.sum(), None
     if h.dtype == torch.float32 and out is None:
@@ -70,7 +79,8 @@ class _SmoothedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, smoothing: float,  # type: ignore[override]
-                rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+                rows: int, bias: Optional[torch.Tensor] = None, pad_in_softmax: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         device = hidden.device.type
         # Under autocast the matrix multiplies run in its dtype, spelled out: in-place ops are not autocast.
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
@@ -82,6 +92,11 @@ class _SmoothedLoss(torch.autograd.Function):
         uniform = smoothing / (V - 1)
         cpu_bf16 = dtype != torch.float32 and device == "cpu" and precision.CPU_BF16_WORKAROUNDS
         grad_hidden = torch.empty_like(hidden) if gradient else None
+        # The bias's gradient: the rows' softmaxes summed, less the smoothed one-hot targets (added at the end).
+        grad_bias = torch.zeros(V, dtype=torch.float32, device=hidden.device) if gradient and bias is not None else None
+        bias_sum = bias[PAD_ID + 1:].float().sum() if bias is not None and smoothing else 0.0  # stays on the device
+        bias = bias.float() if bias is not None else None
+        n_real = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # On a CPU in bf16, the weight's gradient is taken over groups of 4 chunks: each product is added
         # to the fp32 gradient through a (V, D) cast that cost as much as the product itself.
         group = 4 if gradient and cpu_bf16 else 1
@@ -102,7 +117,8 @@ class _SmoothedLoss(torch.autograd.Function):
                     t = torch.nn.functional.pad(t, (0, rows - count), value=PAD_ID)
                 slot = slice((index % group) * rows, (index % group) * rows + h.size(0))
                 chunk_loss, chunk_nll, softmax = _smoothed_chunk(h, w, t, u, smoothing, gradient,
-                                                                 softmaxes[slot] if group > 1 else None)
+                                                                 softmaxes[slot] if group > 1 else None, bias,
+                                                                 bias_sum, pad_in_softmax)
                 loss += chunk_loss
                 nll += chunk_nll
                 if softmax is None:
@@ -122,13 +138,21 @@ class _SmoothedLoss(torch.autograd.Function):
                         grad_weight += softmaxes[:slot.stop].t() @ hiddens[:slot.stop]
                 grad_weight.index_add_(0, t, h_real, alpha=-(1 - smoothing))
                 real_sum += h_real.sum(0)
+                if grad_bias is not None:
+                    real_rows = real[:, 0].to(softmax.dtype)
+                    grad_bias += (real_rows @ softmax).float()
+                    grad_bias.index_add_(0, t, real_rows.float(), alpha=-(1 - smoothing))
+                    n_real += real_rows.float().sum()
             if gradient and smoothing:
                 grad_weight[PAD_ID + 1:] -= uniform * real_sum
-        ctx.save_for_backward(grad_hidden, grad_weight)
+                if grad_bias is not None:
+                    grad_bias[PAD_ID + 1:] -= uniform * n_real
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.mark_non_differentiable(nll)
         return loss, nll
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor):  # type: ignore[override]
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad, grad_weight * grad, None, None, None
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        return (grad_hidden * grad, grad_weight * grad, None, None, None,
+                None if grad_bias is None else grad_bias * grad, None)

@@ -25,6 +25,21 @@ def adamw(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.opti
                              eps=1e-8, fused=True)
 
 
+# The parameters each train.freeze part holds, by name prefix.
+FREEZE_PARTS = {"embeddings": ("src_embed.", "tgt_embed.", "output.", "output_bias"), "encoder": ("encoder.", "encoder_norm."),
+                "decoder": ("decoder.", "decoder_norm.")}
+
+
+def freeze(model: nn.Module, parts: Iterable[str]) -> list[nn.Parameter]:
+    """Leave the parameters of `parts` (train.freeze: embeddings, encoder, decoder) as they are: no gradient,
+    no optimizer state, no weight decay. Returns the parameters that train."""
+    prefixes = tuple(p for part in parts for p in FREEZE_PARTS[part])
+    for name, parameter in model.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            parameter.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def inverse_sqrt(warmup_steps: int) -> Callable[[int], float]:
     """LR factor: linear warmup to 1 over `warmup_steps`, then decay with 1/sqrt(step)."""
     def factor(step: int) -> float:
@@ -83,7 +98,7 @@ def upgrade_optimizer_state(state: dict, model: nn.Module) -> dict:
     of its parts concatenated, as `model.fuse_projections` does with the weights. A current state
     is returned as it is.
     """
-    names = [name for name, _ in model.named_parameters()]
+    names = [name for name, p in model.named_parameters() if p.requires_grad]  # those the optimizer holds
     if sum(len(group["params"]) for group in state["param_groups"]) == len(names):
         return state
     old_names: list[str] = []
@@ -137,7 +152,7 @@ class LowPrecisionCopy:
                 bucket_rows(twin, row_bucket)
             for name, parameter in original.named_parameters(recurse=False):
                 if copied:
-                    setattr(twin, name, nn.Parameter(parameter.detach().to(dtype)))
+                    setattr(twin, name, nn.Parameter(parameter.detach().to(dtype), requires_grad=parameter.requires_grad))
                     self.weights.append(parameter)
                     self.copies.append(getattr(twin, name))
                 else:

@@ -1,11 +1,11 @@
-"""Validation during training: the loss on the validation set and its BLEU (decoded by a callable the
+"""Validation during training: the loss on each validation set and its BLEU (decoded by a callable the
 caller passes, so training never imports decoding or scoring), the best weights kept, and the
-validations without a gain counted for early stopping."""
+validations without a gain counted for early stopping: both go by one set (train.best_on)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional
+from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -13,6 +13,7 @@ from tqdm import tqdm
 from nmt import distributed
 from nmt.config import TrainConfig
 from nmt.data import collate, make_batches
+from nmt.errors import ConfigError
 from nmt.model import Transformer
 from nmt.train.metrics import Metrics
 from nmt.train.state import RunState
@@ -22,27 +23,36 @@ BatchLoss = Callable[[torch.nn.Module, dict[str, torch.Tensor], float], tuple[to
 
 @dataclass
 class ValidSet:
+    """A validation set's token ids, its name (data.valid's) and the function that gives a model's BLEU on it."""
+
     src: list[list[int]]
     tgt: list[list[int]]
+    name: str = "valid"
+    bleu: Optional[Callable[[Transformer], float]] = None
 
 
 class Validation:
-    """Validates the model of a run: `run()` at each train.valid_every updates."""
+    """Validates the model of a run on every set: `run()` at each train.valid_every updates. The record's
+    valid_loss and valid_bleu are those of the set train.best_on names (the first by default); with
+    several sets, `valid_sets` holds each one's."""
 
-    def __init__(self, model: Transformer, valid: ValidSet, bleu: Optional[Callable[[Transformer], float]],
-                 config: TrainConfig, device: torch.device, batch_loss: BatchLoss,
-                 autocast: Callable[[], ContextManager]) -> None:
-        self.model, self.valid, self.bleu, self.config, self.device = model, valid, bleu, config, device
+    def __init__(self, model: Transformer, sets: Sequence[ValidSet], config: TrainConfig, device: torch.device,
+                 batch_loss: BatchLoss, autocast: Callable[[], ContextManager]) -> None:
+        self.model, self.sets, self.config, self.device = model, list(sets), config, device
         self.batch_loss, self.autocast = batch_loss, autocast
+        names = [s.name for s in self.sets]
+        if config.best_on and config.best_on not in names:
+            raise ConfigError(f"train.best_on: {config.best_on!r} is not a validation set ({', '.join(names)})")
+        self.chosen = names.index(config.best_on) if config.best_on else 0
 
     @torch.no_grad()
-    def loss(self) -> float:
-        """The mean NLL per target token of the validation set (no label smoothing)."""
+    def loss(self, valid: ValidSet) -> float:
+        """The mean NLL per target token of a validation set (no label smoothing)."""
         self.model.eval()
         total, count = 0.0, 0
-        lengths = [len(s) for s in self.valid.src]
-        for batch in make_batches(lengths, [len(t) for t in self.valid.tgt], self.config.max_tokens, 0, 0):
-            x = collate([self.valid.src[i] for i in batch], [self.valid.tgt[i] for i in batch], self.model.start_id)
+        lengths = [len(s) for s in valid.src]
+        for batch in make_batches(lengths, [len(t) for t in valid.tgt], self.config.max_tokens, 0, 0):
+            x = collate([valid.src[i] for i in batch], [valid.tgt[i] for i in batch], self.model.start_id)
             x = {k: v.to(self.device) for k, v in x.items()}
             with self.autocast():
                 _, nll = self.batch_loss(self.model, x, 0.0)
@@ -57,15 +67,26 @@ class Validation:
             distributed.barrier()
             return
         p = state.progress
-        record: dict = {"step": p.step, "valid_loss": self.loss()}
-        if self.bleu is not None:
-            bleu = self.bleu(self.model)
-            record["valid_bleu"] = bleu
+        scores = []
+        for valid in self.sets:
+            found = {"loss": self.loss(valid)}
+            if valid.bleu is not None:
+                found["bleu"] = valid.bleu(self.model)
+            scores.append(found)
+        chosen = scores[self.chosen]
+        record: dict = {"step": p.step, "valid_loss": chosen["loss"]}
+        if "bleu" in chosen:
+            bleu = record["valid_bleu"] = chosen["bleu"]
             if bleu > p.best_bleu:
                 p.best_bleu, p.bad_validations = bleu, 0
                 state.save_best(bleu)
             else:
                 p.bad_validations += 1
+        if len(self.sets) > 1:
+            record["valid_sets"] = {valid.name: found for valid, found in zip(self.sets, scores)}
         metrics.write(record)
-        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        shown = {k: v for k, v in record.items() if k != "valid_sets"}
+        for name, found in record.get("valid_sets", {}).items():
+            shown.update({f"{name}_{k}": v for k, v in found.items()})
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
         distributed.barrier()
