@@ -173,7 +173,8 @@ def evaluate(
     ref: Annotated[Optional[list[Path]], typer.Option(help="Reference file, line-aligned with --hyp or --src; "
                                                            "repeat it for several references.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Run directory: translate --src with it, then score.")] = None,
-    src: Annotated[Optional[Path], typer.Option(help="Source file to translate (with --model).")] = None,
+    src: Annotated[Optional[Path], typer.Option(help="Source file: translated with --model; with --hyp, the sources "
+                                                     "the placeholder score compares against (%s, {name}, <b> kept).")] = None,
     beam: Annotated[Optional[int], typer.Option(help="Beam size with --model; default: the model's decode.beam.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (with --model).")] = "auto",
     output: Annotated[Optional[Path], typer.Option(help="Also write the translations here (with --model).")] = None,
@@ -185,12 +186,15 @@ def evaluate(
                                                 "resamples of the sentences (sacreBLEU's, seeded), e.g. 1000; 0: none.")] = 0,
     baseline: Annotated[Optional[Path], typer.Option(help="Another system's translations of the same sentences: a paired "
                                                           "bootstrap test gives its scores and the p-value of the difference.")] = None,
+    src_lang: Annotated[Optional[str], typer.Option(help=SRC_LANG_HELP + " With --model.")] = None,
+    tgt_lang: Annotated[Optional[str], typer.Option(help=TGT_LANG_HELP + " With --model.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object with scores and signatures.")] = False,
 ) -> None:
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures).
 
     Either --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE. --bootstrap adds confidence
-    intervals, --baseline FILE a significance test against another system's output.
+    intervals, --baseline FILE a significance test against another system's output. With the sources
+    (--src), the share of translations that keep their source's placeholders (%s, {name}, <b>, &amp;).
     """
     from nmt.config import decode_overrides
     from nmt.errors import NMTError
@@ -202,10 +206,10 @@ def evaluate(
         if hyp is not None:
             if set_:
                 raise NMTError("--set changes decoding, so it goes with --model DIR --src FILE, not --hyp")
-            return evaluate_files(hyp, ref, bootstrap, baseline)
+            return evaluate_files(hyp, ref, bootstrap, baseline, src)
         return evaluate_model(model, src, ref, beam, device, output, quantize, workers,
                               _with_precision(decode_overrides(set_ or []), precision),
-                              bootstrap, baseline)
+                              bootstrap, baseline, src_lang, tgt_lang)
 
     scores = _run(job, DECODE_OPTIONS)
     typer.echo(json.dumps(scores) if json_ else format_scores(scores))

@@ -3,6 +3,8 @@ translation of a source file."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -65,6 +67,32 @@ def score(hyps: Sequence[str], *refs: Sequence[str], where: str = "hypotheses", 
     return result
 
 
+# What a program fills in or renders in a string: printf conversions (%s, %1$d, %-10s, %(name)s, %%), brace
+# fields ({name}, {0}, {count:d}), markup tags (<b>, </b>, <br/>) and entities (&amp;, &#39;).
+PLACEHOLDER = re.compile(
+    r"%(?:\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|t)?[diouxXeEfFgGaAcspn%]"
+    r"|%\([A-Za-z_]\w*\)[-+ #0]*\d*(?:\.\d+)?[diouxXeEfFgGcrs]"
+    r"|\{[A-Za-z_0-9.]*(?:[:!][^{}]*)?\}"
+    r"|</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>"
+    r"|&(?:[A-Za-z]+|#\d+|#x[0-9A-Fa-f]+);")
+
+
+def placeholders(text: str) -> Counter:
+    """The placeholders of a string, counted (their order may change in a translation, their set may not)."""
+    return Counter(PLACEHOLDER.findall(text))
+
+
+def placeholder_match(sources: Sequence[str], hyps: Sequence[str]) -> dict:
+    """Of the sentences whose source holds placeholders, the share (percent) whose translation holds exactly the
+    same ones: a fluent translation with a lost or changed `%s` breaks the program that formats it."""
+    if len(sources) != len(hyps):
+        raise DataError(f"{len(sources)} source lines but {len(hyps)} hypotheses; they must be line-aligned")
+    with_any = [(placeholders(s), h) for s, h in zip(sources, hyps) if PLACEHOLDER.search(s)]
+    kept = sum(found == placeholders(h) for found, h in with_any)
+    return {"placeholders": round(100 * kept / len(with_any), 2) if with_any else None,
+            "placeholder_sentences": len(with_any)}
+
+
 def bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
     """sacreBLEU corpus BLEU only (used for validation during training)."""
     return BLEU().corpus_score(list(hyps), [list(refs)]).score
@@ -82,6 +110,9 @@ def format_scores(scores: dict) -> str:
             base = scores[key + "_baseline"]
             lines.append(f"{'':17s}   baseline {base:6.2f} ± {scores[key + '_baseline_ci']:5.2f}, difference "
                          f"{scores[key] - base:+.2f}, p = {scores[key + '_p']:.4f} (paired bootstrap)")
+    if scores.get("placeholder_sentences"):
+        lines.append(f"{'placeholders kept':17s} = {scores['placeholders']:6.2f}  % of the {scores['placeholder_sentences']} "
+                     "sentences whose source has placeholders (%s, {name}, <b>, &amp;)")
     return "\n".join(lines)
 
 
@@ -90,21 +121,28 @@ def _ref_paths(ref_path: Path | Sequence[Path]) -> list[Path]:
 
 
 def evaluate_files(hyp_path: Path, ref_path: Path | Sequence[Path], bootstrap: int = 0,
-                   baseline_path: Optional[Path] = None) -> dict:
+                   baseline_path: Optional[Path] = None, src_path: Optional[Path] = None) -> dict:
     """Score a hypothesis file against a reference file (or several, one reference translation each);
-    `bootstrap` and a baseline system's hypotheses (`baseline_path`) as in `nmt.evaluate.score`."""
+    `bootstrap` and a baseline system's hypotheses (`baseline_path`) as in `nmt.evaluate.score`; with the
+    source file (`src_path`), the placeholders kept too (`placeholder_match`)."""
     paths = _ref_paths(ref_path)
     baseline = read_lines(baseline_path) if baseline_path is not None else None
-    return score(read_lines(hyp_path), *map(read_lines, paths), where=f"{hyp_path} vs {', '.join(map(str, paths))}",
-                 bootstrap=bootstrap, baseline=baseline)
+    hyps = read_lines(hyp_path)
+    result = score(hyps, *map(read_lines, paths), where=f"{hyp_path} vs {', '.join(map(str, paths))}",
+                   bootstrap=bootstrap, baseline=baseline)
+    if src_path is not None:
+        result.update(placeholder_match(read_lines(src_path), hyps))
+    return result
 
 
 def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Path], beam: Optional[int] = None,
                    device: str = "auto", output_path: Optional[Path] = None, quantize: Optional[str] = None,
                    workers: int = 1, decode: Optional[dict] = None, bootstrap: int = 0,
-                   baseline_path: Optional[Path] = None) -> dict:
-    """Translate `src_path` with the model and score it against `ref_path` (or several reference files);
-    `decode` as in `translate_file`, `bootstrap` and `baseline_path` as in `evaluate_files`."""
+                   baseline_path: Optional[Path] = None, src_lang: Optional[str] = None,
+                   tgt_lang: Optional[str] = None) -> dict:
+    """Translate `src_path` with the model and score it against `ref_path` (or several reference files), the
+    placeholders kept included; `decode`, `src_lang` and `tgt_lang` as in `translate_file`, `bootstrap`
+    and `baseline_path` as in `evaluate_files`."""
     decode = decode or {}
     if bootstrap < 0:
         raise NMTError(f"--bootstrap must be >= 0, got {bootstrap}")
@@ -119,9 +157,12 @@ def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Pa
             raise NMTError(f"{src_path} has {len(src)} lines but {path} has {len(stream)}; they must be line-aligned")
     translator = Translator.load(model_dir, device, quantize, decode.get("precision"))
     settings = translator.settings(beam, decode)
-    hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers, **decode)
+    translator.tokenizer_for(src_lang, tgt_lang)  # an unknown language stops here, before translating
+    hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers, src_lang=src_lang,
+                                tgt_lang=tgt_lang, **decode)
     if output_path is not None:
         write_lines_atomic(hyps, output_path)
     result = score(hyps, *refs, where=str(src_path), bootstrap=bootstrap, baseline=baseline)
+    result.update(placeholder_match(src, hyps))
     result["beam"], result["length_penalty"] = settings.beam, settings.length_penalty
     return result

@@ -38,6 +38,9 @@ def nmt_id(token: int, vocab_size: int) -> int:
 
 def _unsupported(translator: Translator) -> str | None:
     m = translator.config.model
+    if m.norm_first and m.imported_from:
+        return (f"it was imported from {m.imported_from}, a pre-norm (M2M100 / NLLB) model, which MarianMT cannot "
+                "hold; that directory is the Hugging Face form of its weights before fine-tuning")
     if m.norm_first:
         return ("pre-norm models (model.norm_first: true) have no exact Hugging Face counterpart here; "
                 "train with model.norm_first: false to export to MarianMT")
@@ -70,7 +73,7 @@ def marian_config(translator: Translator):
         decoder_layers=m.n_decoder_layers, encoder_attention_heads=m.n_heads, decoder_attention_heads=m.n_heads,
         encoder_ffn_dim=m.d_ff, decoder_ffn_dim=m.d_ff, activation_function=m.activation, dropout=m.dropout,
         attention_dropout=m.attention_dropout, activation_dropout=m.activation_dropout,
-        max_position_embeddings=m.max_positions, scale_embedding=True, share_encoder_decoder_embeddings=True,
+        max_position_embeddings=m.max_positions, scale_embedding=m.scale_embeddings, share_encoder_decoder_embeddings=True,
         tie_word_embeddings=True, pad_token_id=pad, eos_token_id=eos, bos_token_id=bos,
         decoder_start_token_id=pad, forced_eos_token_id=eos,
         num_beams=translator.config.decode.beam, max_length=m.max_positions)
@@ -89,13 +92,16 @@ def export_hf(model_dir: Path, output: Path) -> Path:
     _require_empty(output)
     hf = MarianMTModel(marian_config(translator))
     state = split_projections(translator.model.state_dict())  # MarianMT keeps q, k, v projections apart
-    weights = {hf_name(name): tensor for name, tensor in state.items() if "table" not in name}
+    weights = {hf_name(name): tensor for name, tensor in state.items() if "table" not in name and name != "output_bias"}
     weights["model.shared.weight"] = torch.roll(weights["model.shared.weight"], -1, dims=0)  # padding last
     table = sinusoidal_table(translator.config.model.max_positions, translator.config.model.d_model)
     weights["model.encoder.embed_positions.weight"] = weights["model.decoder.embed_positions.weight"] = table
     # Padding is never an output in nmt (a -inf logit); the bias says the same to transformers.
-    weights["final_logits_bias"] = torch.zeros_like(hf.final_logits_bias)
-    weights["final_logits_bias"][0, exported_id(PAD_ID, hf.config.vocab_size)] = float("-inf")
+    bias = translator.model.output_bias
+    weights["final_logits_bias"] = (torch.roll(bias.detach().float(), -1).view(1, -1) if bias is not None
+                                    else torch.zeros_like(hf.final_logits_bias))
+    if not translator.config.model.pad_in_softmax:
+        weights["final_logits_bias"][0, exported_id(PAD_ID, hf.config.vocab_size)] = float("-inf")
     missing, unexpected = hf.load_state_dict(weights, strict=False)
     untied = [k for k in missing if not k.endswith("embed_tokens.weight") and k != "lm_head.weight"]
     if untied or unexpected:
@@ -109,20 +115,23 @@ def export_hf(model_dir: Path, output: Path) -> Path:
 
 
 def _write_tokenizer(translator: Translator, directory: Path) -> None:
-    """MarianTokenizer files: the SentencePiece model as source and target, and the id of every piece."""
-    model_file = translator.tokenizer.files[0]
-    for name in ("source.spm", "target.spm"):
+    """MarianTokenizer files: the SentencePiece models as source and target, and the id of every piece (an
+    imported model's own vocabulary, where it has one)."""
+    tokenizer = translator.tokenizer
+    files = [f for f in tokenizer.files if f.suffix == ".model"]
+    for name, model_file in zip(("source.spm", "target.spm"), files * 2 if len(files) == 1 else files):
         shutil.copyfile(model_file, directory / name)
-    processor = translator.tokenizer.tgt
-    size = processor.get_piece_size()
-    vocab = {processor.id_to_piece(i): exported_id(i, size) for i in range(size)}
+    processor = tokenizer.tgt
+    size = tokenizer.tgt_vocab_size
+    pieces = tokenizer.vocab.target if tokenizer.vocab is not None else [processor.id_to_piece(i) for i in range(size)]
+    vocab = {piece: exported_id(i, size) for i, piece in enumerate(pieces)}
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     d = translator.config.data
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "MarianTokenizer", "source_lang": d.src_lang, "target_lang": d.tgt_lang,
         "model_max_length": translator.config.model.max_positions - 1, "separate_vocabs": False,
-        "pad_token": processor.id_to_piece(PAD_ID), "unk_token": processor.id_to_piece(UNK_ID),
-        "eos_token": processor.id_to_piece(EOS_ID)}, indent=2), encoding="utf-8")
+        "pad_token": pieces[PAD_ID], "unk_token": pieces[UNK_ID], "eos_token": pieces[EOS_ID]}, indent=2),
+        encoding="utf-8")
 
 
 def export_ct2(model_dir: Path, output: Path, quantization: str | None = None) -> Path:

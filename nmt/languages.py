@@ -36,3 +36,20 @@ def match_language(code: str, known: list[str]) -> str | None:
         pass
     matches = [k for k in known if k.split("_")[0].lower() in names]
     return matches[0] if len(matches) == 1 else None
+
+
+def short_codes(known: list[str]) -> dict[str, str]:
+    """A code for each of a model's language codes as LibreTranslate's clients name languages: ISO 639-1
+    where one stands for it alone ("deu_Latn" and "deu" -> "de"), else the code itself ("zho_Hans" and
+    "zho_Hant" keep theirs)."""
+    try:
+        import pycountry
+    except ImportError:
+        return {code: code for code in known}
+    short: dict[str, str] = {}
+    for code in known:
+        base = code.split("_")[0].lower()
+        found = pycountry.languages.get(alpha_3=base) if len(base) == 3 else None
+        short[code] = getattr(found, "alpha_2", None) or code
+    counts = {s: list(short.values()).count(s) for s in short.values()}
+    return {code: s if counts[s] == 1 and (s == code or s not in known) else code for code, s in short.items()}

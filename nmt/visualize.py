@@ -38,7 +38,7 @@ def alignment(translator: Translator, sentence: str, beam: Optional[int] = None,
     """
     if not sentence.strip():
         raise DataError("--src is empty: give a sentence to translate")
-    tok, model = translator.tokenizer, translator.model
+    tok, model = translator.tokenizer_for(), translator.model  # with the run's language tags, where it has them
     translation = translator.translate([sentence], beam=beam, **(decode or {}))[0]
     src_ids = tok.encode_src([sentence.strip()])[0][: model.config.max_positions - 1] + [EOS_ID]
     tgt_ids = tok.encode_tgt([translation])[0][: model.config.max_positions - 1]

@@ -58,3 +58,14 @@ def test_bootstrap_intervals_and_paired_test() -> None:
     assert "p = " in format_scores(against) and "baseline" in format_scores(against)
     with pytest.raises(DataError, match="40 hypotheses but 2 baseline lines"):
         score(hyps, refs, baseline=worse[:2])
+
+
+def test_placeholders_kept() -> None:
+    from nmt.evaluate import placeholder_match, placeholders
+
+    assert placeholders("Delete %s files in %1$d dirs: {name} <b>now</b> &amp; %-10s %(user)s %%") == {
+        "%s": 1, "%1$d": 1, "{name}": 1, "<b>": 1, "</b>": 1, "&amp;": 1, "%-10s": 1, "%(user)s": 1, "%%": 1}
+    sources = ["Open %s", "<b>Save</b> {file}", "no placeholder here", "%d of %d"]
+    hyps = ["%s öffnen", "{file} <b>speichern</b>", "kein Platzhalter", "%d von d"]
+    assert placeholder_match(sources, hyps) == {"placeholders": 66.67, "placeholder_sentences": 3}
+    assert placeholder_match(["plain"], ["schlicht"]) == {"placeholders": None, "placeholder_sentences": 0}

@@ -305,3 +305,51 @@ def test_hub_without_network_is_one_line_and_writes_nothing(tmp_path: Path) -> N
     assert len(lines) == 1 and lines[0].startswith("error: hub:Helsinki-NLP/opus-mt-en-de: cannot reach") and \
         "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_imported_opus_model_exports_again(marian: tuple[Path, Translator], tmp_path: Path) -> None:
+    """Bias, swish and the padding kept in the softmax survive export: the exported model computes what the
+    imported one does (and the original did)."""
+    from nmt.export import export_hf
+
+    hf_dir, ours = marian
+    if not ours.tokenizer.joint:
+        pytest.skip("separate vocabularies do not export to MarianMT here")
+    run_dir = Path(ours.config.model.imported_from).parent / "run"
+    out = export_hf(run_dir, tmp_path / "again")
+    tokenizer = transformers.MarianTokenizer.from_pretrained(out)
+    model = transformers.MarianMTModel.from_pretrained(out).eval()
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    generated = model.generate(**batch, num_beams=1, max_new_tokens=12,
+                               bad_words_ids=[[model.config.pad_token_id], [model.config.bos_token_id]],
+                               logits_processor=at_limit(12, model.config.eos_token_id))
+    assert tokenizer.batch_decode(generated, skip_special_tokens=True) == ours.translate(TEXTS, beam=1, max_len_a=0,
+                                                                                         max_len_b=12)
+    original = transformers.MarianMTModel.from_pretrained(hf_dir).eval()
+    first = transformers.MarianTokenizer.from_pretrained(hf_dir)
+    with torch.no_grad():  # the same sentence's scores, through the first vocabulary and through the exported one
+        a = original(**first(TEXTS[:1], text_target=TEXTS[1:2], return_tensors="pt")).logits.log_softmax(-1)
+        b = model(**tokenizer(TEXTS[:1], text_target=TEXTS[1:2], return_tensors="pt")).logits.log_softmax(-1)
+    mapping = [tokenizer.encoder[first.convert_ids_to_tokens(i)] for i in range(a.size(-1))]
+    assert (a - b[..., mapping]).abs().max().item() < 1e-4
+
+
+def test_a_tagged_model_serves_its_directions(nllb: tuple[Path, Translator]) -> None:
+    pytest.importorskip("uvicorn")
+    from starlette.testclient import TestClient
+
+    from nmt.serve import create_app, load_pairs
+
+    _, ours = nllb
+    run_dir = Path(ours.config.model.imported_from).parent / "run"
+    pairs = load_pairs([run_dir], device="cpu")
+    assert {(p.source, p.target) for p in pairs} == {(s, t) for s in ("de", "en", "fr") for t in ("de", "en", "fr")
+                                                      if s != t}
+    with TestClient(create_app(pairs)) as client:
+        languages = {entry["code"]: entry["targets"] for entry in client.get("/languages").json()}
+        assert languages == {"de": ["en", "fr"], "en": ["de", "fr"], "fr": ["de", "en"]}
+        for target, code in (("de", "deu_Latn"), ("fr", "fra_Latn")):
+            answer = client.post("/translate", json={"q": TEXTS, "source": "en", "target": target}).json()
+            assert answer["translatedText"] == ours.translate(TEXTS, src_lang="eng_Latn", tgt_lang=code)
+        refused = client.post("/translate", json={"q": "x", "source": "en", "target": "xx"})
+        assert refused.status_code == 400 and "en to xx is not supported" in refused.json()["error"]

@@ -91,11 +91,13 @@ class ApiKeys:
 
 @dataclass(frozen=True)
 class Pair:
-    """A language pair the server translates, with the loop that decodes it."""
+    """A language pair the server translates, with the loop that decodes it; `languages` are the model's
+    own codes of the two (its language tags), for a model that translates several pairs."""
 
     source: str
     target: str
     loop: DecodingLoop
+    languages: tuple[Optional[str], Optional[str]] = (None, None)
 
     @property
     def beam(self) -> int:
@@ -140,16 +142,17 @@ def create_app(pairs: list[Pair], limits: Limits = Limits(), api_keys: Optional[
     """The ASGI app. Its lifespan starts the pairs' decoding loops and, once the server has answered
     its last request (on shutdown), stops them."""
     by_pair = {(p.source, p.target): p for p in pairs}
+    loops = list({id(p.loop): p.loop for p in pairs}.values())  # a model with language tags serves several pairs
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        for pair in pairs:
-            pair.loop.start()
+        for loop in loops:
+            loop.start()
         try:
             yield
         finally:
-            for pair in pairs:
-                await asyncio.to_thread(pair.loop.stop)
+            for loop in loops:
+                await asyncio.to_thread(loop.stop)
 
     async def translate(request: Request) -> Response:
         params = await _read_params(request, limits.max_body_bytes)
@@ -164,7 +167,7 @@ def create_app(pairs: list[Pair], limits: Limits = Limits(), api_keys: Optional[
         lines = [_split_lines(text) for text in texts]
         _check_size(texts, lines, limits)
         flat = [line for text_lines in lines for line in text_lines]
-        job = pair.loop.submit(flat, max(pair.beam, alternatives + 1), alternatives + 1)
+        job = pair.loop.submit(flat, max(pair.beam, alternatives + 1), alternatives + 1, pair.languages)
         if not await _wait_unless_gone(job.future, request):
             pair.loop.cancel(job)
             return Response(status_code=499)  # nobody reads it: the client has gone
@@ -276,6 +279,10 @@ def _pair(pairs: dict[tuple[str, str], Pair], source: Any, target: Any) -> Pair:
         if not isinstance(value, str):
             raise RequestError(400, f"Invalid request: {name} must be a language code such as \"en\"")
     served = ", ".join(f"{s}-{t}" for s, t in sorted(pairs))
+    if len(pairs) > 12:  # a model with many languages: what the source translates into, or the sources
+        targets = sorted(t for s, t in pairs if s == source)
+        served = (f"{source} into {', '.join(targets[:12])}{' and more' if len(targets) > 12 else ''}" if targets else
+                  "from " + ", ".join(sorted({s for s, _ in pairs})[:20]) + (" and more" if len(pairs) > 20 else ""))
     if source == "auto":
         raise RequestError(400, f"Language detection (source: auto) is not supported; name the source language "
                                 f"(this server translates {served})")

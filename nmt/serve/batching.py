@@ -45,6 +45,7 @@ class Job:
     beam: int
     nbest: int
     future: asyncio.Future
+    languages: tuple[Optional[str], Optional[str]] = (None, None)  # a tagged model's source and target
     results: list[Optional[Hypotheses]] = field(default_factory=list)
     waiting: int = 0  # sentences not decoded yet
     cancelled: bool = False  # the client went away: its sentences still queued are dropped
@@ -93,19 +94,21 @@ class DecodingLoop:
         with self._wake:
             return sum(not sentence.job.cancelled for sentence in self._queue)
 
-    def submit(self, lines: Sequence[str], beam: int, nbest: int) -> Job:
+    def submit(self, lines: Sequence[str], beam: int, nbest: int,
+               languages: tuple[Optional[str], Optional[str]] = (None, None)) -> Job:
         """Queue a request's lines (from the event loop's thread); await `job.future` for the hypotheses.
 
         Empty lines are answered at once with one empty hypothesis, as `nmt translate` answers them.
+        `languages` choose a tagged model's source and target (`Translator.tokenizer_for`).
         """
-        job = Job(list(lines), beam, nbest, asyncio.get_running_loop().create_future())
+        job = Job(list(lines), beam, nbest, asyncio.get_running_loop().create_future(), languages)
         job.results = [None if line.strip() else [("", 0.0)] for line in job.lines]
         todo = [i for i, line in enumerate(job.lines) if line.strip()]
         if not todo:
             job.future.set_result(job.results)
             return job
         lengths = [min(len(ids), self.max_source) + 1
-                   for ids in self.translator.tokenizer.encode_src([job.lines[i].strip() for i in todo])]
+                   for ids in self.translator.tokenizer_for(*languages).encode_src([job.lines[i].strip() for i in todo])]
         job.waiting = len(todo)
         with self._wake:
             self._queue.extend(_Sentence(job, i, n) for i, n in zip(todo, lengths))
@@ -152,6 +155,7 @@ class DecodingLoop:
         """The oldest sentence and the later ones with its beam that fit the budget; the rest; whether
         one was left out for want of room."""
         beam = self._queue[0].job.beam  # one beam per batch; the n-best lists are cut per job
+        languages = self._queue[0].job.languages  # and one language pair
         taken: list[_Sentence] = []
         kept: deque[_Sentence] = deque()
         longest, full = 0, False
@@ -161,11 +165,12 @@ class DecodingLoop:
                 continue
             # The budget as `translate_ids` cuts a file: beam rows per sentence, each as long as the longest.
             fits = padded_tokens((len(taken) + 1) * beam, max(longest, sentence.length)) <= self.max_tokens
-            if job.beam == beam and (fits or not taken):
+            same = job.beam == beam and job.languages == languages
+            if same and (fits or not taken):
                 taken.append(sentence)
                 longest = max(longest, sentence.length)
             else:
-                full |= job.beam == beam
+                full |= same
                 kept.append(sentence)
         return taken, kept, full
 
@@ -173,8 +178,10 @@ class DecodingLoop:
         while (batch := self._take()) is not None:
             started = time.perf_counter()
             try:  # n-best only cuts a sentence's finished hypotheses; the search is the beam's alone
+                src_lang, tgt_lang = batch[0].job.languages
                 found = self.translator.translate_nbest([s.job.lines[s.index] for s in batch],
                                                         max(s.job.nbest for s in batch), beam=batch[0].job.beam,
+                                                        src_lang=src_lang, tgt_lang=tgt_lang,
                                                         max_tokens=self.max_tokens)
             except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the server
                 log.exception("decoding a batch of %d sentences failed", len(batch))

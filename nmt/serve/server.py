@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nmt.errors import ConfigError, NMTError
+from nmt.languages import short_codes
 from nmt.translator import Translator
 from nmt.serve.api import ApiKeys, Limits, Pair, create_app
 from nmt.serve.batching import DecodingLoop
@@ -26,13 +27,28 @@ def load_pairs(model_dirs: Sequence[Path], device: str = "auto", quantize: Optio
     pairs: dict[tuple[str, str], tuple[Path, Pair]] = {}
     for model_dir in model_dirs:
         translator = Translator.load(model_dir, device, quantize)
-        source, target = translator.config.data.src_lang, translator.config.data.tgt_lang
-        if (source, target) in pairs:
-            raise ConfigError(f"--model {pairs[(source, target)][0]} and --model {model_dir} both translate {source} "
-                              f"to {target}; serve one of them")
-        loop = DecodingLoop(translator, max_batch_tokens, name=f"decode-{source}-{target}")
-        pairs[(source, target)] = (Path(model_dir), Pair(source, target, loop))
+        loop = DecodingLoop(translator, max_batch_tokens, name=f"decode-{Path(model_dir).name}")
+        for source, target, languages in _directions(translator):
+            if (source, target) in pairs:
+                raise ConfigError(f"--model {pairs[(source, target)][0]} and --model {model_dir} both translate "
+                                  f"{source} to {target}; serve one of them")
+            pairs[(source, target)] = (Path(model_dir), Pair(source, target, loop, languages))
     return [pair for _, pair in pairs.values()]
+
+
+def _directions(translator: Translator) -> list[tuple[str, str, tuple[Optional[str], Optional[str]]]]:
+    """The (source, target) codes a model serves, with its own codes of them: one pair (data.src_lang and
+    data.tgt_lang), or for a model with language tags every direction its tags allow, named as
+    LibreTranslate's clients name languages where a short code stands for one alone (`short_codes`)."""
+    data, tokenizer = translator.config.data, translator.tokenizer
+    if tokenizer.language_tags == "none":
+        return [(data.src_lang, data.tgt_lang, (None, None))]
+    codes = tokenizer.languages()
+    short = short_codes(codes)
+    if tokenizer.language_tags == "target_in_source":  # one source language, a tag per target
+        source = short_codes([data.src_lang])[data.src_lang]
+        return [(source, short[code], (data.src_lang, code)) for code in codes]
+    return [(short[s], short[t], (s, t)) for s in codes for t in codes if s != t]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -81,5 +97,6 @@ def serve(model_dirs: Sequence[Path], host: str = "127.0.0.1", port: int = 5000,
                                            lifespan="on", server_header=False))
     url_host = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
     log.info("serving %s on http://%s:%d (Ctrl-C or SIGTERM: finish the requests in flight, then stop)",
-             ", ".join(f"{p.source}-{p.target}" for p in pairs), url_host, bound_port)
+             ", ".join(f"{p.source}-{p.target}" for p in pairs) if len(pairs) <= 12 else f"{len(pairs):,} language pairs",
+             url_host, bound_port)
     server.run(sockets=[sock])
