@@ -173,13 +173,13 @@ def test_tokenizer_from_the_stream_sample_and_its_cache(tmp_path: Path, monkeypa
     src, tgt = toy_pairs(300)
     prefix = write_pair(tmp_path / "corpus" / "train", src, tgt, "en", "de")
     config = load_config(None, ["tokenizer.vocab_size=60", f"data.train={prefix}"])
-    tokenizer, data, _, _ = pipeline._prepare_data(config, tmp_path / "run1", resuming=False)
+    tokenizer, data, _ = pipeline._prepare_data(config, tmp_path / "run1", resuming=False)
     # A corpus smaller than the sample gives the tokenizer every sentence, as the lists of old did.
     direct = prepare_tokenizer(config.tokenizer, tmp_path / "direct", src, tgt, config.train.seed)
     assert (tmp_path / "run1" / "spm.model").read_bytes() == (direct.files[0]).read_bytes()
     # A new run on the same corpus and settings neither reads the corpus again nor retrains the tokenizer.
     monkeypatch.setattr(Preparation, "sample", lambda *a: pytest.fail("sampled again"))
-    again, data2, _, _ = pipeline._prepare_data(config, tmp_path / "run2", resuming=False)
+    again, data2, _ = pipeline._prepare_data(config, tmp_path / "run2", resuming=False)
     assert (tmp_path / "run2" / "spm.model").read_bytes() == (tmp_path / "run1" / "spm.model").read_bytes()
     assert _pairs(data2) == _pairs(data)
 
