@@ -290,16 +290,21 @@ def load_weights(model: Transformer, path: Path, assign: bool = False) -> None:
         raise CheckpointError(f"{path}: weights do not match the configured architecture (differing tensors: {names})")
 
 
-def _assign_weights(model: Transformer, path: Path) -> tuple[list[str], list[str]]:
-    state = load_file(str(path))
-    names_of: dict[int, list[str]] = {}  # a tied parameter is stored under one of its names
+def with_tied_names(model: Transformer, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with every name of a tied parameter (stored under one of them, as `weights_of` keeps it)."""
+    names_of: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
         names_of.setdefault(id(parameter), []).append(name)
+    state = dict(state)
     for names in names_of.values():
         stored = next((name for name in names if name in state), None)
         for name in names if stored is not None else ():
             state.setdefault(name, state[stored])
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    return state
+
+
+def _assign_weights(model: Transformer, path: Path) -> tuple[list[str], list[str]]:
+    missing, unexpected = model.load_state_dict(with_tied_names(model, load_file(str(path))), strict=False, assign=True)
     model.reset_buffers()
     return missing, unexpected
 

@@ -98,7 +98,7 @@ class ModelConfig:
     output_bias: bool = False  # a trained bias on the output projection (MarianMT's final_logits_bias)
     pad_in_softmax: bool = False  # padding's logit counts in the softmax, as in models trained elsewhere (never produced either way); false: it is -inf, no class at all
     decoder_start: Literal["pad", "bos", "eos"] = "pad"  # first decoder input: pad (a zero vector, as Marian and CTranslate2 start), bos, or eos (as M2M100 and NLLB)
-    init: str = ""  # start training from this model's weights, architecture and tokenizer: an nmt run directory or a Hugging Face model directory (see `nmt import`)
+    init: str = ""  # start training from this model's weights, architecture and tokenizer: an nmt run directory, a Hugging Face model directory or hub:NAME (see `nmt import`)
     imported_from: str = ""  # where `nmt import` read this model (a Hugging Face directory or hub:NAME); empty for a model nmt trained
 
     # What a model's weights need: taken from model.init when fine-tuning (see `architecture_keys`).

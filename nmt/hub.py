@@ -13,6 +13,7 @@ there gets the same kind of line.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from nmt.errors import DataError
@@ -122,26 +123,20 @@ def _reason(exc: BaseException) -> str:
 MODEL_INSTEAD = "give a local model directory instead (one saved with save_pretrained, or downloaded before)"
 
 
-def download_model(name: str, patterns: list[str]) -> "Path":
+def download_model(name: str, patterns: list[str]) -> Path:
     """The local directory of hub model `name`, downloaded (the files matching `patterns`) through huggingface_hub
     into its cache; in offline mode (HF_HUB_OFFLINE=1) only a copy cached before. Every failure is one
     DataError line, and an unreachable hub is found out by one short request, before any download."""
-    from pathlib import Path
-
     import huggingface_hub
     from huggingface_hub import constants
 
     where = f"hub:{name}"
-    local_only = bool(getattr(constants, "HF_HUB_OFFLINE", False))
-    if not local_only:
-        check_reachable(where, MODEL_INSTEAD)
-    try:
-        return Path(huggingface_hub.snapshot_download(name, allow_patterns=patterns, local_files_only=local_only))
-    except Exception as exc:  # huggingface_hub raises many types; the user gets one line
-        if local_only:
+    if getattr(constants, "HF_HUB_OFFLINE", False):
+        try:
+            return Path(huggingface_hub.snapshot_download(name, allow_patterns=patterns, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached, whatever the client's type for it
             raise DataError(f"{where}: not in the local hub cache, and the hub's offline mode is on (HF_HUB_OFFLINE); "
                             f"{MODEL_INSTEAD}, or turn offline mode off to download it") from None
-        cause = network_error(exc)
-        if cause is not None:
-            raise unreachable(where, _reason(cause), MODEL_INSTEAD) from None
-        raise DataError(f"{where}: cannot download it from the hub ({_reason(exc)})") from None
+    check_reachable(where, MODEL_INSTEAD)
+    with hub_errors(where, MODEL_INSTEAD):
+        return Path(huggingface_hub.snapshot_download(name, allow_patterns=patterns))

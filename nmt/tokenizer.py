@@ -200,6 +200,8 @@ class Tokenizer:
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each output; language tags (and, in a model's own vocabulary, its specials) are left out."""
         if self.vocab is None:
+            if not self.tgt_prefix:
+                return self.tgt.decode([list(x) for x in ids])
             drop = set(self.tgt_prefix)
             return self.tgt.decode([[int(i) for i in x if int(i) not in drop] for x in ids])
         vocab = self.vocab

@@ -124,3 +124,16 @@ def test_killed_fine_tuning_resumes_bit_for_bit(opus_like: Path, toy_corpus: Pat
     expected, found = weights(tmp_path / "straight"), weights(killed)
     assert checkpoint.latest_checkpoint(killed).name == f"step_{STEPS:08d}"
     assert expected.keys() == found.keys() and all(torch.equal(expected[k], found[k]) for k in expected)
+
+
+def test_model_init_takes_a_hugging_face_directory(tmp_path: Path, toy_corpus: Path) -> None:
+    """model.init straight from a Hugging Face directory: converted in memory, its tokenizer written into the run."""
+    from test_export import make_model_dir
+
+    from nmt.export import export_hf
+
+    hf_dir = export_hf(make_model_dir(tmp_path / "ours", "model.norm_first=false"), tmp_path / "hf")
+    env = {**os.environ, "NMT_CACHE": str(tmp_path / "cache")}
+    subprocess.run(command(tmp_path / "run", toy_corpus, hf_dir, "train.max_steps=4"), env=env, check=True,
+                   capture_output=True, timeout=300)
+    assert (tmp_path / "run" / "vocab.json").is_file() and checkpoint.latest_checkpoint(tmp_path / "run") is not None

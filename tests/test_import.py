@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, toy_pairs
+from conftest import toy_pairs
 from nmt import Translator
 from nmt.search import beam_search, greedy_search
-from nmt.tokenizer import EOS_ID, PAD_ID
+from nmt.tokenizer import EOS_ID
 
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
@@ -353,3 +353,42 @@ def test_a_tagged_model_serves_its_directions(nllb: tuple[Path, Translator]) -> 
             assert answer["translatedText"] == ours.translate(TEXTS, src_lang="eng_Latn", tgt_lang=code)
         refused = client.post("/translate", json={"q": "x", "source": "en", "target": "xx"})
         assert refused.status_code == 400 and "en to xx is not supported" in refused.json()["error"]
+
+
+def test_m2m100_takes_its_language_tokens(tmp_path: Path) -> None:
+    """M2M100's own tokenizer layout (vocab.json, `__de__` codes numbered after it): what generate gives with
+    forced_bos_token_id, nmt gives with --tgt-lang."""
+    model_file = train_spm(tmp_path / "bpe", 50, model_type="bpe")
+    processor = spm.SentencePieceProcessor(model_file=str(model_file))
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({processor.id_to_piece(i): 4 + i - 3 for i in range(3, processor.get_piece_size())})
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "sentencepiece.bpe.model").write_bytes(model_file.read_bytes())
+    tokenizer = transformers.M2M100Tokenizer(vocab_file=str(out / "vocab.json"), spm_file=str(out / "sentencepiece.bpe.model"),
+                                             src_lang="en", tgt_lang="de")
+    tokenizer.save_pretrained(out)
+    size = max(tokenizer.get_lang_id(c) for c in ("en", "de", "fr")) + 9  # the codes, then the made-up words
+    config = transformers.M2M100Config(vocab_size=size, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                       decoder_start_token_id=2, **SETTINGS)
+    model = transformers.M2M100ForConditionalGeneration(config).eval()
+    randomize(model, seed=4)
+    model.save_pretrained(out)
+    ours = imported(out, tmp_path / "run", "en", "de")
+    assert {"en", "de", "fr"} <= set(ours.tokenizer.languages())
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    generated = model.generate(**batch, num_beams=5, early_stopping=True, max_new_tokens=11,
+                               forced_bos_token_id=tokenizer.get_lang_id("fr"), bad_words_ids=[[0], [1]],
+                               logits_processor=at_limit(11, 2))
+    # The same tokens (transformers' M2M100 tokenizer writes language tokens out as text; nmt never does).
+    from nmt.decode import translate_ids
+
+    tags = ours.tokenizer_for("en", "fr")
+    to_nmt = {i: ours.tokenizer.vocab.source_index[tokenizer.convert_ids_to_tokens(i)] for i in range(size)
+              if tokenizer.convert_ids_to_tokens(i) in ours.tokenizer.vocab.source_index}
+    hyps = translate_ids(ours.model, tags.encode_src(TEXTS), ours.settings(5, {"max_len_a": 0, "max_len_b": 10}),
+                         prefix=tags.tgt_prefix)
+    expected = [[to_nmt[i] for i in row[1:] if i not in (1, 2)] for row in generated.tolist()]
+    assert [h[0].tokens for h in hyps] == expected and all(row[0] == tags.tgt_prefix[0] for row in expected)
+    assert not any("__" in line for line in tags.decode_tgt([h[0].tokens for h in hyps]))

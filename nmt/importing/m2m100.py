@@ -31,30 +31,48 @@ def _tag_code(piece: str) -> str | None:
     return piece if NLLB_TAG.fullmatch(piece) else None
 
 
-def _added_tokens(hf: HFModel) -> dict[int, str]:
-    """The tokenizer's added tokens (language codes, <mask>) with their ids."""
+def _added_tokens(hf: HFModel, base: int) -> dict[int, str]:
+    """The tokenizer's added tokens (language codes, <mask>) with their ids: as tokenizer.json or
+    tokenizer_config.json number them, else (M2M100's tokenizer) its language codes in order after the
+    `base` ids of vocab.json, `__xx__` each."""
+    found: dict[int, str] = {}
     if hf.has("tokenizer.json"):
         found = {int(t["id"]): t["content"] for t in hf.json("tokenizer.json").get("added_tokens", [])}
-        if found:
-            return found
     config: dict[str, Any] = hf.json("tokenizer_config.json") if hf.has("tokenizer_config.json") else {}
-    return {int(i): t["content"] for i, t in config.get("added_tokens_decoder", {}).items()}
+    found.update({int(i): t["content"] for i, t in config.get("added_tokens_decoder", {}).items()})
+    if any(_tag_code(piece) for piece in found.values()):
+        return found
+    listed = config.get("additional_special_tokens") or (hf.json("special_tokens_map.json").get(
+        "additional_special_tokens") if hf.has("special_tokens_map.json") else None)
+    if not listed and config.get("language_codes"):  # M2M100's tokenizer names its code list only
+        try:
+            from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
+        except ImportError:
+            raise refuse(hf, "language_codes", config["language_codes"], "needs transformers installed to be read "
+                         "(pip install 'nmt[export]')") from None
+        listed = [f"__{code}__" for code in FAIRSEQ_LANGUAGE_CODES.get(config["language_codes"], [])]
+    listed = [t["content"] if isinstance(t, dict) else t for t in listed or []]
+    found.update({base + i: token for i, token in enumerate(listed)})
+    return found
 
 
 def _pieces(hf: HFModel, size: int) -> list[str]:
     """The piece of every id of the model."""
     pieces = [""] * size
     if hf.has("vocab.json"):  # M2M100
-        for piece, index in hf.json("vocab.json").items():
+        mapping = hf.json("vocab.json")
+        for piece, index in mapping.items():
             if 0 <= index < size:
                 pieces[index] = piece
+        base = len(mapping)
     else:  # NLLB: fairseq's four specials, then SentencePiece's pieces after its own three, one id up
         processor = spm.SentencePieceProcessor(model_file=str(hf.file(SPM_FILE)))
         for index, piece in enumerate(["<s>", "<pad>", "</s>", "<unk>"]):
             pieces[index] = piece
         for piece_id in range(3, min(processor.get_piece_size(), size - 1)):
             pieces[piece_id + 1] = processor.id_to_piece(piece_id)
-    for index, piece in _added_tokens(hf).items():
+        base = processor.get_piece_size() + 1
+    for index, piece in _added_tokens(hf, base).items():
         if 0 <= index < size:
             pieces[index] = piece
     for index in (i for i, p in enumerate(pieces) if not p):

@@ -16,7 +16,7 @@ from nmt.config import Config, merge, save_config, to_dict, validate
 from nmt.errors import CheckpointError, DataError
 from nmt.importing import m2m100, marian
 from nmt.importing.convert import Converted, UnsupportedModel
-from nmt.importing.source import HFModel, resolve
+from nmt.importing.source import HUB_PREFIX, HFModel, resolve
 from nmt.model import Transformer, count_parameters
 from nmt.tokenizer import VOCAB_FILE, load_tokenizer
 from nmt.translator import CONFIG_FILE, read_stored_config
@@ -117,7 +117,8 @@ class Initial:
 
     def load_weights(self, model: Transformer) -> None:
         if self.converted is not None:
-            missing, unexpected = model.load_state_dict(self.converted.weights, strict=False)
+            missing, unexpected = model.load_state_dict(checkpoint.with_tied_names(model, self.converted.weights),
+                                                        strict=False)
             if missing or unexpected:
                 raise CheckpointError(f"model.init {self.path}: weights do not fit ({sorted({*missing, *unexpected})[:3]})")
             return
@@ -127,12 +128,12 @@ class Initial:
 
 def initial_model(path: str) -> Initial:
     """The model model.init names: an nmt run directory (with its config.yaml), or a Hugging Face model
-    directory (config.json), converted as `nmt import` converts it."""
+    directory (config.json) or hub:NAME, converted as `nmt import` converts it."""
     directory = Path(path)
     if (directory / CONFIG_FILE).is_file():
         return Initial(path, read_stored_config(directory / CONFIG_FILE))
-    if (directory / "config.json").is_file():
-        hf = HFModel(directory, f"model.init {path}")
+    if path.startswith(HUB_PREFIX) or (directory / "config.json").is_file():
+        hf = resolve(path) if path.startswith(HUB_PREFIX) else HFModel(directory, f"model.init {path}")
         converted = convert(hf)
         return Initial(path, config_of(converted, path, hf), converted)
     raise DataError(f"model.init {path}: neither an nmt run directory ({CONFIG_FILE}) nor a Hugging Face model "

@@ -53,8 +53,17 @@ class HFModel:
         path = self._index.get(name)
         if path is None:
             raise KeyError(name)
-        handle = self._handle(path)
-        return handle.get_tensor(name) if path.suffix == ".safetensors" else handle[name]
+        if path.suffix == ".safetensors":
+            # Opened for each tensor: the file's pages stay mapped (and counted in the process's memory)
+            # only while one tensor is copied out, not until the whole model has been read.
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), "pt") as handle:
+                    return handle.get_tensor(name)
+            except Exception as exc:  # safetensors raises its own types for a bad file
+                raise CheckpointError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
+        return self._handle(path)[name]
 
     def find(self, *names: str) -> Optional[torch.Tensor]:
         """The first of `names` the weights hold, or None."""
@@ -68,8 +77,11 @@ class HFModel:
         if (d / "model.safetensors").is_file():
             from safetensors import safe_open
 
-            with safe_open(str(d / "model.safetensors"), "pt") as f:
-                return {name: d / "model.safetensors" for name in f.keys()}
+            try:
+                with safe_open(str(d / "model.safetensors"), "pt") as f:
+                    return {name: d / "model.safetensors" for name in f.keys()}
+            except Exception as exc:  # safetensors raises its own types for a bad file
+                raise CheckpointError(f"{d / 'model.safetensors'}: unreadable weights ({exc})") from None
         if (d / "pytorch_model.bin.index.json").is_file():
             shards = self.json("pytorch_model.bin.index.json").get("weight_map", {})
             return {name: d / shard for name, shard in shards.items()}
@@ -78,15 +90,11 @@ class HFModel:
         raise DataError(f"{self.where}: no weights (model.safetensors or pytorch_model.bin)")
 
     def _handle(self, path: Path) -> Any:
+        """A PyTorch pickle's tensors: weights only (a crafted pickle cannot run code), memory-mapped."""
         if path not in self._open:
             try:
-                if path.suffix == ".safetensors":
-                    from safetensors import safe_open
-
-                    self._open[path] = safe_open(str(path), "pt")
-                else:  # weights only: a crafted pickle cannot run code; memory-mapped: read as needed
-                    self._open[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as exc:  # safetensors and torch raise many types for a bad file
+                self._open[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # torch raises many types for a bad file
                 raise CheckpointError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
         return self._open[path]
 
