@@ -70,3 +70,35 @@ def test_profiles_load_and_the_readme_quickstart_runs_the_quick_one() -> None:
     quickstart = readme[readme.index("## Quickstart"):readme.index("\n## ", readme.index("## Quickstart") + 1)]
     commands = [line for line in quickstart.splitlines() if line.startswith("recipes/multi30k.sh ")]
     assert commands and "--profile quick" in commands[0] and "--data-dir" not in commands[0] and "--hub" not in commands[0]
+
+
+def test_finetune_recipe_end_to_end(tmp_path: Path) -> None:
+    """recipes/finetune.sh from a Hugging Face directory (a tiny nmt model exported), on toy data standing in for
+    the software strings and for Multi30k: import, score, fine-tune, score again, one JSON line."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    from test_export import make_model_dir
+
+    from nmt.export import export_hf
+
+    source = export_hf(make_model_dir(tmp_path / "start", "model.norm_first=false"), tmp_path / "hf")
+    data = write_splits(tmp_path / "data", (300, 20, 20))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "NMT_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        ["bash", str(RECIPE.parent / "finetune.sh"), "--from", str(source), "--run-dir", str(tmp_path / "run"),
+         "--src", "xx", "--tgt", "yy", "--domain-dir", str(data), "--general-dir", str(data),
+         *[x for s in ("train.max_steps=6", "train.valid_every=3", "train.save_every=3", "train.threads=1",
+                       "train.max_minutes=0", "data.max_tokens_per_side=60", "train.valid_bleu_sentences=10",
+                       "train.warmup_steps=2") for x in ("--set", s)]],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["pair"] == "xx-yy" and line["steps"] == 6 and line["from"] == str(source)
+    for key in ("software_val_bleu", "multi30k_test_bleu", "software_val_chrf"):
+        assert set(line[key]) == {"before", "after"} and all(isinstance(v, float) for v in line[key].values())
+    assert (tmp_path / "run" / "imported" / "vocab.json").is_file() and (tmp_path / "run" / "finetuned" / "vocab.json").is_file()
+    records = [json.loads(r) for r in (tmp_path / "run" / "finetuned" / "metrics.jsonl").read_text().splitlines()]
+    assert any(set(r.get("valid_sets", {})) == {"software", "multi30k"} for r in records)
+    assert not (tmp_path / "run" / "scratch").exists()

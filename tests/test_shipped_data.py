@@ -1,4 +1,5 @@
-"""The Multi30k copy shipped in recipes/data/multi30k is the public data, unchanged and complete."""
+"""The data shipped in recipes/data: the Multi30k copy is the public data, unchanged and complete; the software
+strings are whole."""
 
 from __future__ import annotations
 
@@ -52,3 +53,33 @@ def test_checksum_file_matches() -> None:
         digest, name = line.split(maxsplit=1)
         listed[name.lstrip("*")] = digest
     assert listed == {name: sha256 for name, (_, sha256) in PUBLISHED.items()}
+
+
+SOFTWARE = DATA.parent / "software"
+# Line count and SHA-256 of each file of the software strings (see recipes/data/software/README.md).
+SOFTWARE_FILES = {
+    "en-cs/train.cs.gz": (11522, "e5344847c781b7eb3eff3b5805a49a77f935dbc40712045ccd2037a34255e6d4"),
+    "en-cs/train.en.gz": (11522, "b988600fb5e1450a31280453114b75635b5be736d83c6cbef05dbeb7138db8dd"),
+    "en-cs/val.cs.gz": (1000, "cd2796b7c7493d07c018d7f6504d7461f4e98c62c4e8d141c6795f7b91b74c36"),
+    "en-cs/val.en.gz": (1000, "780b52d9f206a89fac38811e623f8fe1dc51044ecb901aedb5e4c9546748c3cc"),
+    "en-de/train.de.gz": (21870, "fc272c7201f830adc6d8b082e41d3449fc787606e0315a453ffda7bc01a67c8f"),
+    "en-de/train.en.gz": (21870, "bf52512b6683ff8e57c8b22c80d8253a18c344082a2af2d63b76fa5cbab12bd7"),
+    "en-de/val.de.gz": (1000, "910a6268846ccb8dd227a77067066c551bafff172847b772c0fd85e4d294fff9"),
+    "en-de/val.en.gz": (1000, "703edaca58f827fb1c00dd2c2b1dc44e45d3a2d6d34a78c7c389f87bbca9b352"),
+    "en-fr/train.en.gz": (19815, "01327132ef1dbe744a8906061d78163fc8ba325c54c90d50899b2df5156f6b48"),
+    "en-fr/train.fr.gz": (19815, "dd64aa36f629ab055b44d36e1fdf5040457be55196be4d3522e0adf6debf99c9"),
+    "en-fr/val.en.gz": (1000, "1b5dfca001ff5c14726b3ebd813b7a81e6e2151a6004f6f217425902ca1a01e3"),
+    "en-fr/val.fr.gz": (1000, "cd14d40f0a558346679332e7e9e838802c75c5b5c1cd7fdb60e6e0a676124834"),
+}
+
+
+def test_the_software_strings_are_shipped_whole() -> None:
+    assert sorted(str(p.relative_to(SOFTWARE)) for p in SOFTWARE.glob("*/*.gz")) == sorted(SOFTWARE_FILES)
+    assert (SOFTWARE / "README.md").is_file()
+    listed = dict(reversed(line.split(maxsplit=1)) for line in (SOFTWARE / "SHA256SUMS").read_text().splitlines())
+    assert listed == {name: sha256 for name, (_, sha256) in SOFTWARE_FILES.items()}
+    for name, (lines, sha256) in SOFTWARE_FILES.items():
+        raw = (SOFTWARE / name).read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == sha256
+        text = gzip.decompress(raw).decode("utf-8")
+        assert text.endswith("\n") and text.count("\n") == lines, name
