@@ -153,10 +153,10 @@ def main() -> None:
     # mean of nmt's batches, so both see as many sentences per update), padded to the batch's longest; in
     # random order (its default), or with --group_by_length (batches of similar source length).
     per_batch = max(1, round(sum(map(len, batches[:needed])) / needed))
+    sides = (np.asarray(corpus.src_lengths), np.asarray(corpus.tgt_lengths))
     engine_batches = {"nmt": batches, "hf_same_batches": batches,
-                      "hf_sentences": sentence_batches(len(corpus.src_lengths), per_batch, needed, None),
-                      "hf_group_by_length": sentence_batches(len(corpus.src_lengths), per_batch, needed,
-                                                             np.asarray(corpus.src_lengths))}
+                      "hf_sentences": sentence_batches(len(sides[0]), per_batch, needed, None),
+                      "hf_group_by_length": sentence_batches(len(sides[0]), per_batch, needed, sides[0])}
 
     trainer = Trainer(imported.model.train(), config.train, work / "run", corpus, device=torch.device("cpu"))
     hf = HFLoop(hf_dir, to_hf, config, corpus)
@@ -171,8 +171,8 @@ def main() -> None:
             chunk = engine_batches[name][args.warmup + r * args.steps: args.warmup + (r + 1) * args.steps]
             for batch in chunk:
                 rows = np.asarray(batch)
-                for lengths in (corpus.src_lengths, corpus.tgt_lengths):
-                    sizes = np.asarray(lengths)[rows]
+                for lengths in sides:
+                    sizes = lengths[rows]
                     padding[name][0] += int(sizes.sum())
                     padding[name][1] += int(sizes.max()) * len(rows)
             seconds, n = timed(run, chunk, corpus, torch.device("cpu"))

@@ -132,12 +132,15 @@ def initial_model(path: str) -> Initial:
     directory = Path(path)
     if (directory / CONFIG_FILE).is_file():
         return Initial(path, read_stored_config(directory / CONFIG_FILE))
-    if path.startswith(HUB_PREFIX) or (directory / "config.json").is_file():
-        hf = resolve(path) if path.startswith(HUB_PREFIX) else HFModel(directory, f"model.init {path}")
-        converted = convert(hf)
-        return Initial(path, config_of(converted, path, hf), converted)
-    raise DataError(f"model.init {path}: neither an nmt run directory ({CONFIG_FILE}) nor a Hugging Face model "
-                    "directory (config.json)")
+    if path.startswith(HUB_PREFIX):
+        hf = resolve(path)
+    elif (directory / "config.json").is_file():
+        hf = HFModel(directory, f"model.init {path}")
+    else:
+        raise DataError(f"model.init {path}: neither an nmt run directory ({CONFIG_FILE}) nor a Hugging Face model "
+                        "directory (config.json)")
+    converted = convert(hf)
+    return Initial(path, config_of(converted, path, hf), converted)
 
 
 def init_values(path: str) -> dict[str, dict[str, Any]]:

@@ -3,9 +3,10 @@ tensor by tensor (safetensors, sharded or not, or a PyTorch pickle opened memory
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -56,13 +57,8 @@ class HFModel:
         if path.suffix == ".safetensors":
             # Opened for each tensor: the file's pages stay mapped (and counted in the process's memory)
             # only while one tensor is copied out, not until the whole model has been read.
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(path), "pt") as handle:
-                    return handle.get_tensor(name)
-            except Exception as exc:  # safetensors raises its own types for a bad file
-                raise CheckpointError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
+            with _safetensors(path) as handle:
+                return handle.get_tensor(name)
         return self._handle(path)[name]
 
     def find(self, *names: str) -> Optional[torch.Tensor]:
@@ -75,13 +71,8 @@ class HFModel:
             shards = self.json("model.safetensors.index.json").get("weight_map", {})
             return {name: d / shard for name, shard in shards.items()}
         if (d / "model.safetensors").is_file():
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(d / "model.safetensors"), "pt") as f:
-                    return {name: d / "model.safetensors" for name in f.keys()}
-            except Exception as exc:  # safetensors raises its own types for a bad file
-                raise CheckpointError(f"{d / 'model.safetensors'}: unreadable weights ({exc})") from None
+            with _safetensors(d / "model.safetensors") as f:
+                return {name: d / "model.safetensors" for name in f.keys()}
         if (d / "pytorch_model.bin.index.json").is_file():
             shards = self.json("pytorch_model.bin.index.json").get("weight_map", {})
             return {name: d / shard for name, shard in shards.items()}
@@ -97,6 +88,18 @@ class HFModel:
             except Exception as exc:  # torch raises many types for a bad file
                 raise CheckpointError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
         return self._open[path]
+
+
+@contextlib.contextmanager
+def _safetensors(path: Path) -> Iterator[Any]:
+    """A safetensors file opened for reading; a bad file is one CheckpointError line."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            yield handle
+    except Exception as exc:  # safetensors raises its own types for a bad file
+        raise CheckpointError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
 
 
 def resolve(source: str) -> HFModel:
