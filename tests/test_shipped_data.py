@@ -37,22 +37,31 @@ def test_exactly_the_published_files_are_shipped() -> None:
     assert (DATA / "README.md").is_file()
 
 
+def check_file(path: Path, lines: int, sha256: str) -> None:
+    """A shipped gzip file has the given SHA-256 and that many lines, the last one ended."""
+    raw = path.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == sha256, path
+    text = gzip.decompress(raw).decode("utf-8")
+    assert text.endswith("\n") and text.count("\n") == lines, path
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    """The file -> digest lines of directory/SHA256SUMS (the format `sha256sum -c` reads)."""
+    listed = {}
+    for line in (directory / "SHA256SUMS").read_text(encoding="utf-8").splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name.lstrip("*")] = digest
+    return listed
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_file_is_unchanged(name: str) -> None:
-    lines, sha256 = PUBLISHED[name]
-    raw = (DATA / name).read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == sha256
-    text = gzip.decompress(raw).decode("utf-8")
-    assert text.endswith("\n") and text.count("\n") == lines
+    check_file(DATA / name, *PUBLISHED[name])
 
 
 def test_checksum_file_matches() -> None:
     """SHA256SUMS (for `sha256sum -c`) lists every file with the published sum."""
-    listed = {}
-    for line in (DATA / "SHA256SUMS").read_text(encoding="utf-8").splitlines():
-        digest, name = line.split(maxsplit=1)
-        listed[name.lstrip("*")] = digest
-    assert listed == {name: sha256 for name, (_, sha256) in PUBLISHED.items()}
+    assert checksums(DATA) == {name: sha256 for name, (_, sha256) in PUBLISHED.items()}
 
 
 SOFTWARE = DATA.parent / "software"
@@ -76,10 +85,6 @@ SOFTWARE_FILES = {
 def test_the_software_strings_are_shipped_whole() -> None:
     assert sorted(str(p.relative_to(SOFTWARE)) for p in SOFTWARE.glob("*/*.gz")) == sorted(SOFTWARE_FILES)
     assert (SOFTWARE / "README.md").is_file()
-    listed = dict(reversed(line.split(maxsplit=1)) for line in (SOFTWARE / "SHA256SUMS").read_text().splitlines())
-    assert listed == {name: sha256 for name, (_, sha256) in SOFTWARE_FILES.items()}
+    assert checksums(SOFTWARE) == {name: sha256 for name, (_, sha256) in SOFTWARE_FILES.items()}
     for name, (lines, sha256) in SOFTWARE_FILES.items():
-        raw = (SOFTWARE / name).read_bytes()
-        assert hashlib.sha256(raw).hexdigest() == sha256
-        text = gzip.decompress(raw).decode("utf-8")
-        assert text.endswith("\n") and text.count("\n") == lines, name
+        check_file(SOFTWARE / name, lines, sha256)
