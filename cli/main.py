@@ -150,11 +150,26 @@ def translate(
                                               "(often faster than 1: see the README); output unchanged.")] = 1,
     src_lang: Annotated[Optional[str], typer.Option(help=SRC_LANG_HELP)] = None,
     tgt_lang: Annotated[Optional[str], typer.Option(help=TGT_LANG_HELP)] = None,
+    split_sentences: Annotated[bool, typer.Option(help="Each line is a paragraph: translate its sentences one by "
+                                                       "one and join them back, one line out per line in.")] = False,
+    format_: Annotated[str, typer.Option("--format", help="text (one line in, one out), html (a document or fragment: "
+                                                          "text translated, markup kept), docx or odt; auto: by "
+                                                          "--input's extension (.html, .htm, .docx, .odt), else text.")] = "auto",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=DECODE_SET_HELP)] = None,
 ) -> None:
-    """Translate lines: one line in, one line out, in the same order; empty lines stay empty."""
+    """Translate lines (one line in, one line out, in the same order; empty lines stay empty), or a document."""
     from nmt.config import decode_overrides
-    from nmt.files import translate_file
+    from nmt.files import document_kind, translate_document, translate_file
+
+    decode = _run(lambda: _with_precision(decode_overrides(set_ or []), precision), DECODE_OPTIONS)
+    kind = _run(lambda: document_kind(input, format_), DECODE_OPTIONS)
+    if kind != "text":
+        if nbest > 1 or split_sentences:
+            _fail(f"--format {kind}: a document is translated sentence by sentence already; drop "
+                  f"{'--nbest' if nbest > 1 else '--split-sentences'}")
+        _run(lambda: translate_document(model, input, output, kind, beam, device, quantize=quantize, workers=workers,
+                                        decode=decode, src_lang=src_lang, tgt_lang=tgt_lang), DECODE_OPTIONS)
+        return
 
     interactive = input is None and output is None and sys.stdin.isatty()
     if interactive:  # a person typing: each line is translated as it comes, not all at the end
@@ -162,8 +177,8 @@ def translate(
     elif input is None and sys.stdin.isatty():  # would otherwise wait without a word
         typer.echo(f"reading sentences from the terminal, one a line, for {output}; end with Ctrl-D", err=True)
     _run(lambda: translate_file(model, input, output, beam, device, nbest, quantize=quantize, workers=workers,
-                                decode=_with_precision(decode_overrides(set_ or []), precision), interactive=interactive,
-                                src_lang=src_lang, tgt_lang=tgt_lang),
+                                decode=decode, interactive=interactive, src_lang=src_lang, tgt_lang=tgt_lang,
+                                split_sentences=split_sentences),
          DECODE_OPTIONS)
 
 
@@ -339,9 +354,15 @@ def serve(
                                                                  "model's decode.max_tokens, whose 0 means 6,000 "
                                                                  "on CPU and 60,000 on CUDA).")] = None,
     max_chars: Annotated[int, typer.Option(help="Most characters of q in one request.")] = 10_000,
-    max_sentences: Annotated[int, typer.Option(help="Most lines (sentences) of q in one request.")] = 200,
+    max_sentences: Annotated[int, typer.Option(help="Most sentences of q in one request (after splitting).")] = 200,
+    max_file_mb: Annotated[float, typer.Option(help="Largest file /translate_file takes, in MB.")] = 10.0,
+    max_file_chars: Annotated[int, typer.Option(help="Most characters of text in one uploaded file.")] = 200_000,
+    split_sentences: Annotated[bool, typer.Option(help="Translate each line of q as a paragraph, sentence by "
+                                                       "sentence, as LibreTranslate does; --no-split-sentences: "
+                                                       "each line is one sentence.")] = True,
 ) -> None:
-    """Serve models over LibreTranslate's HTTP API (POST /translate, GET /languages, GET /health).
+    """Serve models over LibreTranslate's HTTP API (/translate with text or HTML, /translate_file,
+    /detect, /languages, /frontend/settings, /health).
 
     Concurrent requests are decoded together in batches. Ctrl-C or SIGTERM stop taking new
     connections, answer the requests in flight, then exit. Needs `pip install 'nmt\\[serve]'`.
@@ -350,7 +371,8 @@ def serve(
         from nmt.serve import Limits, serve as serve_models
 
         serve_models(model, host, port, api_keys, device, quantize, max_batch_tokens,
-                     Limits(max_chars=max_chars, max_sentences=max_sentences))
+                     Limits(max_chars=max_chars, max_sentences=max_sentences, max_file_chars=max_file_chars,
+                            max_file_bytes=int(max_file_mb * 1024 * 1024)), split_sentences)
 
     _run(job)
 

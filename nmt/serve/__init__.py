@@ -17,7 +17,8 @@ _missing = [name for name, module in (("starlette", "starlette"), ("uvicorn", "u
 if _missing:
     raise NMTError(f"nmt serve needs {', '.join(_missing)}: pip install 'nmt[serve]'")
 
-from nmt.serve.api import ApiKeys, Limits, Pair, create_app  # noqa: E402 - after the check above
+from nmt.serve.api import Pair, create_app  # noqa: E402 - after the check above
+from nmt.serve.params import ApiKeys, Limits  # noqa: E402
 from nmt.serve.batching import DecodingLoop  # noqa: E402
 from nmt.serve.server import bind, load_pairs, serve  # noqa: E402
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from nmt.data import padded_tokens
 from nmt.decode import batch_budget
@@ -70,6 +70,7 @@ class DecodingLoop:
         self.max_tokens = max_tokens or batch_budget(translator.config.decode.max_tokens, translator.device)
         self.max_source = translator.config.model.max_positions - 1  # longer inputs are truncated
         self._queue: deque[_Sentence] = deque()
+        self._calls: deque[tuple[Callable[[], Any], asyncio.Future]] = deque()  # see `call`
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -115,6 +116,28 @@ class DecodingLoop:
             self._wake.notify()
         return job
 
+    def call(self, function: Callable[[], Any]) -> asyncio.Future:
+        """Run `function` on the loop's thread before its next batch (from the event loop's thread); await
+        the future for its result. For other work with the model (word alignment), which must not run while
+        a batch decodes: both would use the same modules, and the cores."""
+        future = asyncio.get_running_loop().create_future()
+        with self._wake:
+            self._calls.append((function, future))
+            self._wake.notify()
+        return future
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._wake:
+                if not self._calls:
+                    return
+                function, future = self._calls.popleft()
+            try:
+                result, failure = function(), None
+            except Exception as exc:  # noqa: BLE001 - handed to the request that asked
+                result, failure = None, exc
+            future.get_loop().call_soon_threadsafe(_settle, future, result, failure)
+
     def cancel(self, job: Job) -> None:
         """Forget a job whose client has gone: its queued sentences are dropped, not decoded."""
         with self._wake:
@@ -135,6 +158,8 @@ class DecodingLoop:
             while True:
                 while self._queue and self._queue[0].job.cancelled:
                     self._queue.popleft()
+                if self._calls:
+                    return []  # the calls first (see `_run`)
                 if not self._queue:
                     if self._stopping:
                         return None
@@ -176,6 +201,9 @@ class DecodingLoop:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
+            self._run_calls()
+            if not batch:
+                continue
             started = time.perf_counter()
             try:  # n-best only cuts a sentence's finished hypotheses; the search is the beam's alone
                 src_lang, tgt_lang = batch[0].job.languages
@@ -208,6 +236,15 @@ class DecodingLoop:
 def _finish(job: Job) -> None:
     if not job.future.done():
         job.future.set_result(job.results)
+
+
+def _settle(future: asyncio.Future, result: Any, failure: Optional[Exception]) -> None:
+    if future.done():
+        return
+    if failure is not None:
+        future.set_exception(failure)
+    else:
+        future.set_result(result)
 
 
 def _fail(job: Job, exc: Exception) -> None:

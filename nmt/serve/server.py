@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 from nmt.errors import ConfigError, NMTError
 from nmt.languages import short_codes
 from nmt.translator import Translator
-from nmt.serve.api import ApiKeys, Limits, Pair, create_app
+from nmt.serve.api import Pair, create_app
+from nmt.serve.params import ApiKeys, Limits
 from nmt.serve.batching import DecodingLoop
 
 log = logging.getLogger("nmt.serve")
@@ -78,9 +79,10 @@ def _is_loopback(host: str) -> bool:
 
 def serve(model_dirs: Sequence[Path], host: str = "127.0.0.1", port: int = 5000, api_keys: Optional[Path] = None,
           device: str = "auto", quantize: Optional[str] = None, max_batch_tokens: Optional[int] = None,
-          limits: Limits = Limits()) -> None:
+          limits: Limits = Limits(), split_sentences: bool = True) -> None:
     """Serve the models over LibreTranslate's API until SIGTERM or Ctrl-C, which stop taking new
-    connections, answer the requests in flight, then return (a second Ctrl-C stops at once)."""
+    connections, answer the requests in flight, then return (a second Ctrl-C stops at once).
+    `split_sentences` translates each line of a text as a paragraph of sentences (LibreTranslate's way)."""
     import uvicorn
 
     if limits.max_chars < 1 or limits.max_sentences < 1:
@@ -93,7 +95,7 @@ def serve(model_dirs: Sequence[Path], host: str = "127.0.0.1", port: int = 5000,
     if not _is_loopback(host):
         log.warning("listening on %s: anyone who can reach this machine can use the server%s", host,
                     "" if keys else "; --api-keys FILE lets in only the holders of a key")
-    server = uvicorn.Server(uvicorn.Config(create_app(pairs, limits, keys), log_config=None, access_log=False,
+    server = uvicorn.Server(uvicorn.Config(create_app(pairs, limits, keys, split_sentences), log_config=None, access_log=False,
                                            lifespan="on", server_header=False))
     url_host = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
     log.info("serving %s on http://%s:%d (Ctrl-C or SIGTERM: finish the requests in flight, then stop)",

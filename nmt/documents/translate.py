@@ -1,0 +1,88 @@
+"""Blocks of text through a sentence-level model: cut into sentences, translated, joined back, their marks placed.
+
+A `BlockJob` holds one document's blocks (or one request's paragraphs) between the steps, so that
+the same steps serve a file translated at once (`translate_blocks`) and a server that decodes the
+sentences in its own batches and awaits them:
+
+    job = BlockJob(blocks, segmenter)
+    translations = decode(job.sentences)            # any way of translating a list of sentences
+    pairs = job.translated(translations)            # (source, translation) sentences needing links
+    results = job.result(align(pairs))              # (target text, placed marks) per block
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+from nmt.documents.alignment import Links
+from nmt.documents.markup import Block, Mark, block_links, project
+from nmt.documents.sentences import Segmenter, Segments
+
+Translate = Callable[[list[str]], list[str]]
+Align = Callable[[list[tuple[str, str]]], list[Links]]
+
+
+class BlockJob:
+    """One document's blocks between being cut into sentences and being put back together."""
+
+    def __init__(self, blocks: Sequence[Block], segmenter: Segmenter) -> None:
+        self.blocks = list(blocks)
+        self.segments: list[Segments] = [segmenter.segment(block.text) for block in self.blocks]
+        self.sentences: list[str] = [s for segments in self.segments for s in segments.sentences]
+        self.targets: list[str] = []
+        self._units: list[tuple[int, list[tuple[int, int]], list[tuple[int, int]]]] = []
+
+    def translated(self, translations: Sequence[str]) -> list[tuple[str, str]]:
+        """Take the sentences' translations; return the (sentence, translation) pairs of the blocks with
+        marks, whose links `result` needs, in order."""
+        assert len(translations) == len(self.sentences)
+        found = iter(translations)
+        pairs: list[tuple[str, str]] = []
+        for index, (block, segments) in enumerate(zip(self.blocks, self.segments)):
+            mine = [next(found) for _ in segments.sentences]
+            self.targets.append(segments.join(mine))
+            if block.marks and segments.sentences:
+                self._units.append((index, _ranges(segments.glue, segments.sentences), _ranges(segments.glue, mine)))
+                pairs.extend(zip(segments.sentences, mine))
+        return pairs
+
+    def result(self, links: Sequence[Links] = ()) -> list[tuple[str, list[Mark]]]:
+        """(translation, marks placed on it) of each block, given the links of `translated`'s pairs."""
+        placed: dict[int, list[Mark]] = {}
+        found = iter(links)
+        for index, source_units, target_units in self._units:
+            unit_links = [next(found) for _ in source_units]
+            block = self.blocks[index]
+            merged = block_links(block.text, self.targets[index], source_units, target_units, unit_links)
+            placed[index] = project(block, self.targets[index], merged)
+        return [(target, placed.get(i, [])) for i, target in enumerate(self.targets)]
+
+
+def _ranges(glue: Sequence[str], parts: Sequence[str]) -> list[tuple[int, int]]:
+    """Where each part lies in glue[0] + parts[0] + glue[1] + ...: (start, end) characters."""
+    ranges, position = [], len(glue[0])
+    for part, after in zip(parts, glue[1:]):
+        ranges.append((position, position + len(part)))
+        position += len(part) + len(after)
+    return ranges
+
+
+def translate_blocks(blocks: Sequence[Block], segmenter: Segmenter, translate: Translate,
+                     align: Optional[Align] = None) -> list[tuple[str, list[Mark]]]:
+    """Translate blocks at once: (translation, placed marks) of each."""
+    job = BlockJob(blocks, segmenter)
+    pairs = job.translated(translate(job.sentences) if job.sentences else [])
+    return job.result(align(pairs) if pairs and align is not None else [[] for _ in pairs])
+
+
+def translate_paragraphs(lines: Sequence[str], segmenter: Segmenter, translate: Translate) -> list[str]:
+    """Each line translated as a paragraph: its sentences translated, joined with the line's own spaces."""
+    return [text for text, _ in translate_blocks([Block(line) for line in lines], segmenter, translate)]
+
+
+def translate_html(source: str, segmenter: Segmenter, translate: Translate, align: Optional[Align] = None) -> str:
+    """An HTML document or fragment with its text translated in place (see `nmt.documents.html`)."""
+    from nmt.documents.html import HtmlDocument
+
+    document = HtmlDocument(source)
+    return document.render(translate_blocks(document.blocks(), segmenter, translate, align))
