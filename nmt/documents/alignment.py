@@ -1,6 +1,6 @@
 """Which target words translate which source words: links read off a model's cross-attention.
 
-The translation is fed back to the decoder (teacher-forced, one batch per call) and the
+The translation is fed back to the decoder (teacher-forced, in batches of like lengths) and the
 cross-attention of its second-to-last layer, averaged over heads, is summed from subword pieces to
 words (the pieces of a word are those from one "▁" to the next). A link joins each target word to
 the source word it attends to most, and each source word to the target word that attends to it
@@ -50,10 +50,7 @@ def word_links(translator, pairs: Sequence[tuple[str, str]], src_lang: Optional[
     src_prefix, tgt_prefix = len(tokenizer.src_prefix), len(tokenizer.tgt_prefix)
     src_ids = [ids[:limit] + [EOS_ID] for ids in tokenizer.encode_src([s for s, _ in pairs])]
     tgt_ids = [ids[:limit] for ids in tokenizer.encode_tgt([t for _, t in pairs])]
-    src = _padded(src_ids, translator.device)
-    tgt_in = _padded([[model.start_id] + ids for ids in tgt_ids], translator.device)
-    layers = model.cross_attention(src, tgt_in)  # each (B, H, T, S)
-    weights = layers[max(0, len(layers) - 2)].float().mean(dim=1).cpu()  # (B, T, S)
+    weights = _attention(model, src_ids, [[model.start_id] + ids for ids in tgt_ids], translator.device)
     out: list[Links] = []
     for row, ((source, target), s_ids, t_ids) in enumerate(zip(pairs, src_ids, tgt_ids)):
         s_words, t_words = len(source.split()), len(target.split())
@@ -65,13 +62,48 @@ def word_links(translator, pairs: Sequence[tuple[str, str]], src_lang: Optional[
         s_of = torch.tensor(piece_words(s_pieces, s_words))
         t_of = torch.tensor(piece_words(t_pieces, t_words))
         # Row t of the teacher-forced attention is the step that produces target piece t.
-        pieces = weights[row, tgt_prefix:tgt_prefix + len(t_pieces), src_prefix:src_prefix + len(s_pieces)]
+        pieces = weights[row][tgt_prefix:tgt_prefix + len(t_pieces), src_prefix:src_prefix + len(s_pieces)]
         words = torch.zeros(t_words, len(s_pieces)).index_add_(0, t_of, pieces)  # (target words, source pieces)
         words = torch.zeros(s_words, t_words).index_add_(0, s_of, words.t()).t()  # (target words, source words)
         links = {(int(s), t) for t, s in enumerate(words.argmax(dim=1))}
         links |= {(s, int(t)) for s, t in enumerate(words.argmax(dim=0))}
         out.append(sorted(links))
     return out
+
+
+# Pairs aligned in one forward pass: at most this many padded tokens a side (sorted by length, so little padding).
+ALIGN_BATCH_TOKENS = 4096
+
+
+@torch.no_grad()
+def _attention(model, src_ids: list[list[int]], tgt_in: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+    """The second-to-last decoder layer's cross-attention for each pair, averaged over heads: (T, S) each.
+
+    Pairs go through in batches of like lengths, and the decoder's output is not projected onto the
+    vocabulary: only the attention is wanted (the output projection would cost more than the rest)."""
+    attention = model.decoder[max(0, len(model.decoder) - 2)].cross_attn
+    order = sorted(range(len(src_ids)), key=lambda i: (len(src_ids[i]), len(tgt_in[i])))
+    out: list[Optional[torch.Tensor]] = [None] * len(src_ids)
+    start = 0
+    while start < len(order):
+        stop, longest = start, 0
+        while stop < len(order):
+            grown = max(longest, len(src_ids[order[stop]]), len(tgt_in[order[stop]]))
+            if stop > start and (stop - start + 1) * grown > ALIGN_BATCH_TOKENS:
+                break
+            longest, stop = grown, stop + 1
+        rows = order[start:stop]
+        attention.recorded = []
+        try:
+            memory, src_mask = model.encode(_padded([src_ids[i] for i in rows], device))
+            model.decode(_padded([tgt_in[i] for i in rows], device), memory, src_mask, project=False)
+            weights = attention.recorded[0].float().mean(dim=1).cpu()  # (B, T, S)
+        finally:
+            attention.recorded = None
+        for row, i in enumerate(rows):
+            out[i] = weights[row, :len(tgt_in[i]), :len(src_ids[i])]
+        start = stop
+    return out  # type: ignore[return-value]
 
 
 def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:

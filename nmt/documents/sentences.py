@@ -166,6 +166,15 @@ def segmenter_for(translator, src_lang: Optional[str] = None, tgt_lang: Optional
     config = translator.config
     limit = min(config.data.max_tokens_per_side, config.model.max_positions - 1 - len(tokenizer.src_prefix))
 
+    prefix = len(tokenizer.src_prefix)
+
     def count(texts: Sequence[str]) -> list[int]:
-        return [len(ids) for ids in tokenizer.encode_src(list(texts))]
+        """Tokens of each text; a text of fewer UTF-8 bytes than the limit cannot be longer (a piece is at least
+        one byte), so only longer texts are encoded, on this thread (SentencePiece's thread pool costs more)."""
+        lengths = [len(text.encode("utf-8")) + prefix for text in texts]
+        long = [i for i, n in enumerate(lengths) if n > limit]
+        if long:
+            for i, ids in zip(long, tokenizer.encode_src([texts[i] for i in long], threads=1)):
+                lengths[i] = len(ids)
+        return lengths
     return Segmenter(src_lang or config.data.src_lang, max(1, limit), count, split)

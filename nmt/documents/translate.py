@@ -30,7 +30,9 @@ class BlockJob:
         self.segments: list[Segments] = [segmenter.segment(block.text) for block in self.blocks]
         self.sentences: list[str] = [s for segments in self.segments for s in segments.sentences]
         self.targets: list[str] = []
-        self._units: list[tuple[int, list[tuple[int, int]], list[tuple[int, int]]]] = []
+        # Per block with marks: its index, its sentences' ranges in the source and in the translation, and
+        # which sentences need links (those a mark begins or ends in: see `_needing_links`).
+        self._units: list[tuple[int, list[tuple[int, int]], list[tuple[int, int]], list[bool]]] = []
 
     def translated(self, translations: Sequence[str]) -> list[tuple[str, str]]:
         """Take the sentences' translations; return the (sentence, translation) pairs of the blocks with
@@ -42,20 +44,35 @@ class BlockJob:
             mine = [next(found) for _ in segments.sentences]
             self.targets.append(segments.join(mine))
             if block.marks and segments.sentences:
-                self._units.append((index, _ranges(segments.glue, segments.sentences), _ranges(segments.glue, mine)))
-                pairs.extend(zip(segments.sentences, mine))
+                source_units = _ranges(segments.glue, segments.sentences)
+                needed = _needing_links(block.marks, source_units)
+                self._units.append((index, source_units, _ranges(segments.glue, mine), needed))
+                pairs.extend(pair for pair, need in zip(zip(segments.sentences, mine), needed) if need)
         return pairs
 
     def result(self, links: Sequence[Links] = ()) -> list[tuple[str, list[Mark]]]:
         """(translation, marks placed on it) of each block, given the links of `translated`'s pairs."""
         placed: dict[int, list[Mark]] = {}
         found = iter(links)
-        for index, source_units, target_units in self._units:
-            unit_links = [next(found) for _ in source_units]
+        for index, source_units, target_units, needed in self._units:
+            unit_links = [next(found) if need else [] for need in needed]
             block = self.blocks[index]
             merged = block_links(block.text, self.targets[index], source_units, target_units, unit_links)
             placed[index] = project(block, self.targets[index], merged)
         return [(target, placed.get(i, [])) for i, target in enumerate(self.targets)]
+
+
+def _needing_links(marks: Sequence[Mark], units: Sequence[tuple[int, int]]) -> list[bool]:
+    """Which sentences a mark begins or ends in: only there do words decide where the mark goes (a mark
+    over whole sentences takes the first and last words linked), so only they are aligned, a cost of
+    one more pass of the decoder over their translations."""
+    bounds: list[int] = []
+    todo = list(marks)
+    while todo:
+        mark = todo.pop()
+        bounds += [mark.start, mark.end]
+        todo.extend(mark.children)
+    return [any(start <= b <= end for b in bounds) for start, end in units]
 
 
 def _ranges(glue: Sequence[str], parts: Sequence[str]) -> list[tuple[int, int]]:
@@ -80,9 +97,21 @@ def translate_paragraphs(lines: Sequence[str], segmenter: Segmenter, translate: 
     return [text for text, _ in translate_blocks([Block(line) for line in lines], segmenter, translate)]
 
 
+def translate_documents(documents: Sequence, segmenter: Segmenter, translate: Translate,
+                        align: Optional[Align] = None) -> list:
+    """Several parsed documents (`HtmlDocument`, `OfficeDocument`) translated together, their sentences in one
+    list (so in the same batches, as a file's lines are): each rendered."""
+    blocks = [document.blocks() for document in documents]
+    results = translate_blocks([b for of in blocks for b in of], segmenter, translate, align)
+    rendered, position = [], 0
+    for document, of in zip(documents, blocks):
+        rendered.append(document.render(results[position:position + len(of)]))
+        position += len(of)
+    return rendered
+
+
 def translate_html(source: str, segmenter: Segmenter, translate: Translate, align: Optional[Align] = None) -> str:
     """An HTML document or fragment with its text translated in place (see `nmt.documents.html`)."""
     from nmt.documents.html import HtmlDocument
 
-    document = HtmlDocument(source)
-    return document.render(translate_blocks(document.blocks(), segmenter, translate, align))
+    return translate_documents([HtmlDocument(source)], segmenter, translate, align)[0]
