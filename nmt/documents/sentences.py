@@ -70,7 +70,24 @@ def split_sentences(text: str, language: str = "en") -> list[tuple[int, int]]:
     if rest.strip():
         start = cursor + len(rest) - len(rest.lstrip())
         spans.append((start, cursor + len(rest.rstrip())))
-    return spans
+    return _join_initials(text, spans)
+
+
+_INITIAL = re.compile(r"(?:^|\s)([^\W\d_])\.$")
+
+
+def _join_initials(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans with no boundary after a capital initial ("M. Dupont", "J. Smith"), which the splitter's
+    French and Czech rules take for a sentence end (bench/README.md, "Sentence splitters")."""
+    joined: list[tuple[int, int]] = []
+    for start, end in spans:
+        if joined:
+            found = _INITIAL.search(text[joined[-1][0]:joined[-1][1]])
+            if found and found.group(1).isupper():
+                joined[-1] = (joined[-1][0], end)
+                continue
+        joined.append((start, end))
+    return joined
 
 
 class Segmenter:
