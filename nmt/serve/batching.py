@@ -26,9 +26,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from nmt.data import padded_tokens
+from nmt.documents.alignment import word_links
 from nmt.decode import batch_budget
 from nmt.translator import Translator
 
@@ -71,7 +72,7 @@ class DecodingLoop:
         self.max_tokens = max_tokens or batch_budget(translator.config.decode.max_tokens, translator.device)
         self.max_source = translator.config.model.max_positions - 1  # longer inputs are truncated
         self._queue: deque[_Sentence] = deque()
-        self._calls: deque[tuple[Callable[[], Any], asyncio.Future]] = deque()  # see `call`
+        self._alignments: deque[tuple[list[tuple[str, str]], tuple, asyncio.Future]] = deque()  # see `align`
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -117,27 +118,32 @@ class DecodingLoop:
             self._wake.notify()
         return job
 
-    def call(self, function: Callable[[], Any]) -> asyncio.Future:
-        """Run `function` on the loop's thread before its next batch (from the event loop's thread); await
-        the future for its result. For other work with the model (word alignment), which must not run while
-        a batch decodes: both would use the same modules, and the cores."""
+    def align(self, pairs: list[tuple[str, str]], languages: tuple[Optional[str], Optional[str]] = (None, None)
+              ) -> asyncio.Future:
+        """Word links of (sentence, translation) pairs (`nmt.documents.alignment.word_links`), from the event
+        loop's thread; await the future. They are made on the loop's thread before its next batch, since
+        they run the same model (and cores) as decoding, with the pairs of every request waiting for
+        links in one call, as sentences are batched."""
         future = asyncio.get_running_loop().create_future()
         with self._wake:
-            self._calls.append((function, future))
+            self._alignments.append((list(pairs), languages, future))
             self._wake.notify()
         return future
 
-    def _run_calls(self) -> None:
-        while True:
-            with self._wake:
-                if not self._calls:
-                    return
-                function, future = self._calls.popleft()
+    def _run_alignments(self) -> None:
+        with self._wake:
+            calls, self._alignments = list(self._alignments), deque()
+        for languages in dict.fromkeys(call[1] for call in calls):
+            mine = [call for call in calls if call[1] == languages]
             try:
-                result, failure = function(), None
-            except Exception as exc:  # noqa: BLE001 - handed to the request that asked
-                result, failure = None, exc
-            future.get_loop().call_soon_threadsafe(_settle, future, result, failure)
+                found, failure = word_links(self.translator, [p for pairs, _, _ in mine for p in pairs], *languages), None
+            except Exception as exc:  # noqa: BLE001 - handed to the requests that asked
+                found, failure = [], exc
+            position = 0
+            for pairs, _, future in mine:
+                result = found[position:position + len(pairs)]
+                position += len(pairs)
+                future.get_loop().call_soon_threadsafe(_settle, future, result, failure)
 
     def cancel(self, job: Job) -> None:
         """Forget a job whose client has gone: its queued sentences are dropped, not decoded."""
@@ -159,8 +165,8 @@ class DecodingLoop:
             while True:
                 while self._queue and self._queue[0].job.cancelled:
                     self._queue.popleft()
-                if self._calls:
-                    return []  # the calls first (see `_run`)
+                if self._alignments:
+                    return []  # the alignments first (see `_run`)
                 if not self._queue:
                     if self._stopping:
                         return None
@@ -206,7 +212,7 @@ class DecodingLoop:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            self._run_calls()
+            self._run_alignments()
             if not batch:
                 continue
             started = time.perf_counter()

@@ -6,7 +6,7 @@ block, split into sentences unless the server was told not to; an HTML text give
 inline content; a file gives its paragraphs. The sentences of all the request's texts for one
 pair are submitted as one job, so a paragraph's sentences are batched with each other and with
 other requests'. Inline markup is placed by word alignment, which runs on the loop's own thread
-between batches (`DecodingLoop.call`).
+between batches, every waiting request's pairs together (`DecodingLoop.align`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 from starlette.requests import Request
 
-from nmt.documents.alignment import word_links
 from nmt.documents.html import HtmlDocument
 from nmt.documents.markup import Block
 from nmt.documents.sentences import Segmenter
@@ -77,7 +76,7 @@ async def run(works: list[Work], nbest: int = 1, request: Optional[Request] = No
             position += len(work.job.sentences)
         pairs = [work.job.translated([h[0][0] for h in work.hypotheses]) for work in group]
         flat = [pair for pairs_of in pairs for pair in pairs_of]
-        links = await loop.call(lambda: word_links(loop.translator, flat, *languages)) if flat else []
+        links = await loop.align(flat, languages) if flat else []
         position = 0
         for work, pairs_of in zip(group, pairs):
             work.results = work.job.result(links[position:position + len(pairs_of)])
