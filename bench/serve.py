@@ -15,6 +15,12 @@ and it only takes work away from LibreTranslate.
     python bench/serve.py --model RUN_DIR --src DIR/test_2016_flickr.en.gz --libretranslate /path/venv/bin/python \\
         --json bench/serve_cpu.json
 
+`--workload paragraphs` sends the same sentences joined 3-6 to a paragraph, one paragraph a request
+(each server splits it into sentences: LibreTranslate with the same splitter as nmt, sentencex, in
+place of MiniSBD); `--workload html` sends them as `<p>` elements with two inline tags each, with
+`format: html`. Rates count the sentences decoded. The offline row then also gives the handling's
+overhead: the paragraphs (or documents) translated, against the same sentences decoded as one list.
+
 Loopback only: every request goes to 127.0.0.1, the counts are bounded, and the servers are stopped at the end.
 """
 
@@ -316,7 +322,8 @@ def main() -> None:
                  round(found["sentences"] / found["seconds"], 1),
                  "decoding_alone_seconds": round(found["decoding_seconds"], 2), "seconds": round(found["seconds"], 2),
                  "handling_overhead": round(found["seconds"] / found["decoding_seconds"] - 1, 3)},
-                {"engine": f"in-process Translator.translate of one sentence (first {len(found['alone'])})",
+                {"engine": f"in-process, one {'sentence' if args.workload == 'sentences' else 'paragraph'} at a time "
+                           f"(first {len(found['alone'])})",
                  "clients": 1, "sentences_per_s": round(len(found["alone"]) / sum(found["alone"]), 1),
                  "p50_ms": round(1000 * statistics.median(found["alone"]), 1),
                  "p95_ms": round(1000 * percentile(found["alone"], 0.95), 1)}]
