@@ -164,3 +164,25 @@ def test_detect_and_source_auto_with_the_libretranslate_client(two_languages: Se
     assert status == 200 and [d["language"] for d in answer["detectedLanguage"]] == ["fr", "en"]
     status, settings = two_languages.request("GET", "/frontend/settings")
     assert status == 200 and settings["language"]["source"]["code"] == "auto" and ".docx" in settings["supportedFilesFormat"]
+
+
+def test_malformed_html_is_answered_not_a_500(running: Server) -> None:
+    for text in ("<p>Ka <b>lu <i>mi", "</div></p>ka", "<p title='ka'>lu</p><<>>", "<!-- ka", "<![CDATA[ka]]>lu"):
+        status, answer = running.translate(text, format="html")
+        assert status == 200 and element_tree(answer["translatedText"]) == element_tree(text), (text, answer)
+
+
+def test_translate_file_round_trips_office_documents(running: Server) -> None:
+    from test_office import make_docx, make_odt, part
+
+    docx = make_docx('<w:p><w:r><w:t xml:space="preserve">ka lu </w:t></w:r><w:r><w:rPr><w:b/></w:rPr>'
+                     '<w:t>mi ka</w:t></w:r></w:p>')
+    odt = make_odt('<text:p>ka <text:span text:style-name="T1">lu mi</text:span> ka</text:p>')
+    for name, data, xml in (("a.docx", docx, "word/document.xml"), ("a.odt", odt, "content.xml")):
+        status, answer = upload(running, name, data)
+        assert status == 200, answer
+        status, out, disposition = download(running, answer["translatedFileUrl"])
+        assert status == 200 and f'filename="{name}"' in disposition
+        before, after = part(data, xml), part(out, xml)
+        assert [e.tag for e in before.iter()] == [e.tag for e in after.iter()]  # the same structure
+        assert "".join(after.itertext()) != "".join(before.itertext())  # and the text translated
