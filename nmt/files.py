@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from nmt import atomic, checkpoint
 from nmt.data import check_output_path, read_lines
-from nmt.documents.sentences import segmenter_for
+from nmt.documents.sentences import Segments, segmenter_for
 from nmt.documents.translate import translate_paragraphs
 from nmt.errors import ConfigError, NMTError
 from nmt.translator import Translator
@@ -124,11 +124,13 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
     languages = {"src_lang": src_lang, "tgt_lang": tgt_lang}
     segmenter = segmenter_for(translator, src_lang, tgt_lang, split=split_sentences)
 
-    def render(lines: list[str], first: int = 0, progress: Optional[Callable[[int], None]] = None) -> list[str]:
+    def render(lines: list[str], first: int = 0, progress: Optional[Callable[[int], None]] = None,
+               segments: Optional[list[Segments]] = None) -> list[str]:
         show = len(lines) > 100
         if nbest == 1:
             return translate_paragraphs(lines, segmenter, lambda sentences: translator.translate(
-                sentences, beam=beam, show_progress=show, workers=workers, progress=progress, **languages, **decode))
+                sentences, beam=beam, show_progress=show, workers=workers, progress=progress, **languages, **decode),
+                segments)
         found = translator.translate_nbest(lines, nbest, beam=beam, show_progress=show, workers=workers,
                                            progress=progress, **languages, **decode)
         return [f"{first + i} ||| {text} ||| {score:.4f}" for i, hyps in enumerate(found) for text, score in hyps]
@@ -143,16 +145,19 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
             count += len(out)
         return count
     lines = _read_input(input_path, stdin)
+    # Cut into sentences once: what the progress counts, and what is translated.
+    segmented = [segmenter.segment(line) for line in lines] if split_sentences else None
 
     def chunks(start: int) -> Iterator[tuple[int, list[str]]]:
         """(input lines done, output lines) of each chunk from line `start` on, under one progress bar."""
-        # What the progress counts: sentences (a line's, when it is split into them).
-        sentences = [len(segmenter.segment(line).sentences) if split_sentences else bool(line.strip())
-                     for line in lines]
+        sentences = ([len(segments.sentences) for segments in segmented] if segmented is not None else
+                     [bool(line.strip()) for line in lines])
         with tqdm(total=sum(sentences), initial=sum(sentences[:start]), desc="translate", unit="sent",
                   mininterval=1.0, disable=len(lines) <= 100) as bar:
             for first in range(start, len(lines), RESUME_CHUNK):
-                yield min(first + RESUME_CHUNK, len(lines)), render(lines[first:first + RESUME_CHUNK], first, bar.update)
+                part = slice(first, first + RESUME_CHUNK)
+                yield min(first + RESUME_CHUNK, len(lines)), render(
+                    lines[part], first, bar.update, segmented[part] if segmented is not None else None)
 
     if output_path is None:  # chunk by chunk, so that what reads the output can start on it
         count = 0
@@ -163,7 +168,7 @@ def translate_file(model_dir: Path, input_path: Optional[Path], output_path: Opt
         segmenter.report()
         return count
     if len(lines) <= RESUME_CHUNK:
-        out = render(lines)
+        out = render(lines, segments=segmented)
         segmenter.report()
         write_lines_atomic(out, output_path)
         return len(out)

@@ -272,6 +272,9 @@ def test_bom_crlf_and_long_lines(untrained_model: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert len(out.read_text(encoding="utf-8").split("\n")) == 4  # three lines and the final newline
     assert "1 sentence(s) longer than the model's 40 tokens were cut into 8 pieces" in result.stderr  # not truncated
+    result = invoke("translate", "--model", untrained_model, "--input", source, "--split-sentences")  # to stdout
+    assert result.exit_code == 0, result.output
+    assert "1 sentence(s) longer than the model's 40 tokens were cut into 8 pieces" in result.stderr  # counted once
 
 
 def test_nasty_unicode_through_the_cli(untrained_model: Path) -> None:

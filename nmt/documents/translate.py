@@ -25,9 +25,12 @@ Align = Callable[[list[tuple[str, str]]], list[Links]]
 class BlockJob:
     """One document's blocks between being cut into sentences and being put back together."""
 
-    def __init__(self, blocks: Sequence[Block], segmenter: Segmenter) -> None:
+    def __init__(self, blocks: Sequence[Block], segmenter: Segmenter, segments: Optional[Sequence[Segments]] = None
+                 ) -> None:
+        """`segments`, when given, are the blocks' texts as `segmenter` has already cut them."""
         self.blocks = list(blocks)
-        self.segments: list[Segments] = [segmenter.segment(block.text) for block in self.blocks]
+        self.segments: list[Segments] = (list(segments) if segments is not None else
+                                         [segmenter.segment(block.text) for block in self.blocks])
         self.sentences: list[str] = [s for segments in self.segments for s in segments.sentences]
         self.targets: list[str] = []
         # Per block with marks: its index, its sentences' ranges in the source and in the translation, and
@@ -37,18 +40,23 @@ class BlockJob:
     def translated(self, translations: Sequence[str]) -> list[tuple[str, str]]:
         """Take the sentences' translations; return the (sentence, translation) pairs of the blocks with
         marks, whose links `result` needs, in order."""
-        assert len(translations) == len(self.sentences)
+        self.targets = self.joined(translations)
         found = iter(translations)
         pairs: list[tuple[str, str]] = []
         for index, (block, segments) in enumerate(zip(self.blocks, self.segments)):
             mine = [next(found) for _ in segments.sentences]
-            self.targets.append(segments.join(mine))
             if block.marks and segments.sentences:
                 source_units = _ranges(segments.glue, segments.sentences)
                 needed = _needing_links(block.marks, source_units)
                 self._units.append((index, source_units, _ranges(segments.glue, mine), needed))
                 pairs.extend(pair for pair, need in zip(zip(segments.sentences, mine), needed) if need)
         return pairs
+
+    def joined(self, translations: Sequence[str]) -> list[str]:
+        """Each block's text with `translations` (one for each of `sentences`, in order) in its sentences' places."""
+        assert len(translations) == len(self.sentences)
+        found = iter(translations)
+        return [segments.join([next(found) for _ in segments.sentences]) for segments in self.segments]
 
     def result(self, links: Sequence[Links] = ()) -> list[tuple[str, list[Mark]]]:
         """(translation, marks placed on it) of each block, given the links of `translated`'s pairs."""
@@ -92,9 +100,12 @@ def translate_blocks(blocks: Sequence[Block], segmenter: Segmenter, translate: T
     return job.result(align(pairs) if pairs and align is not None else [[] for _ in pairs])
 
 
-def translate_paragraphs(lines: Sequence[str], segmenter: Segmenter, translate: Translate) -> list[str]:
-    """Each line translated as a paragraph: its sentences translated, joined with the line's own spaces."""
-    return [text for text, _ in translate_blocks([Block(line) for line in lines], segmenter, translate)]
+def translate_paragraphs(lines: Sequence[str], segmenter: Segmenter, translate: Translate,
+                         segments: Optional[Sequence[Segments]] = None) -> list[str]:
+    """Each line translated as a paragraph: its sentences translated, joined with the line's own spaces.
+    `segments`: the lines as `segmenter` has already cut them, if it has."""
+    job = BlockJob([Block(line) for line in lines], segmenter, segments)
+    return job.joined(translate(job.sentences) if job.sentences else [])
 
 
 def translate_documents(documents: Sequence, segmenter: Segmenter, translate: Translate,
