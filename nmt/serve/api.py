@@ -200,14 +200,12 @@ def create_app(pairs: list[Pair], limits: Limits = Limits(), api_keys: Optional[
 
 
 def _detector(codes: list[str]):
-    """A LanguageDetector over the served source languages, or None where lingua is not installed."""
+    """A LanguageDetector over the served source languages, or None where lingua is not installed (its
+    NMTError says how to install it) or cannot be built."""
     try:
         from nmt.documents.detect import LanguageDetector
         detector = LanguageDetector(codes)
         return detector if detector.codes else None  # none of the languages is one it knows
-    except ImportError:
-        log.warning("language detection (/detect, source: auto) is off: pip install lingua-language-detector")
-        return None
     except Exception as exc:  # noqa: BLE001 - serving goes on without detection, said once
         log.warning("language detection (/detect, source: auto) is off: %s", exc)
         return None

@@ -192,7 +192,7 @@ class DecodingLoop:
         translate`, which sorts a file by length. The oldest sentence is in every batch, so none waits
         for ever. (On 32 clients sending paragraphs: see bench/README.md.)
         """
-        first = next(sentence for sentence in self._queue if not sentence.job.cancelled)
+        first = self._queue[0]  # `_take` has dropped the cancelled ones at the head
         beam, languages = first.job.beam, first.job.languages  # one beam and language pair per batch
         alike = [i for i, sentence in enumerate(self._queue) if not sentence.job.cancelled
                  and sentence.job.beam == beam and sentence.job.languages == languages]

@@ -90,14 +90,8 @@ def answer(work: Work, alternatives: int = 0) -> tuple[Any, list[str]]:
         return work.document.render(work.results), []
     best = "\n".join(target for target, _ in work.results)
     assert work.hypotheses is not None
-    others, position = [], 0
-    per_block = []
-    for segments in work.job.segments:
-        per_block.append(work.hypotheses[position:position + len(segments.sentences)])
-        position += len(segments.sentences)
-    for i in range(1, alternatives + 1):
-        others.append("\n".join(segments.join([h[min(i, len(h) - 1)][0] for h in hyps])
-                                for segments, hyps in zip(work.job.segments, per_block)))
+    others = ["\n".join(work.job.joined([h[min(i, len(h) - 1)][0] for h in work.hypotheses]))
+              for i in range(1, alternatives + 1)]
     return best, list(dict.fromkeys(o for o in others if o != best))  # unique, as LibreTranslate's
 
 
