@@ -15,9 +15,11 @@ from typing import Any, ClassVar, Literal, Optional
 import yaml
 
 from nmt import atomic
+from nmt.directions import pair_rules
 from nmt.errors import ConfigError
 
 
+MEAN = "mean"  # train.best_on: the mean of every validation set's BLEU
 Precision = Literal["auto", "fp32", "bf16"]  # what each means on each device: nmt.precision
 
 
@@ -41,6 +43,8 @@ class ValidCorpus:
 class DataConfig:
     src_lang: str = "en"  # source language code: file suffix, column or translation key
     tgt_lang: str = "de"  # target language code
+    pairs: tuple[str, ...] = ()  # directions of one multilingual model, e.g. [en-de, de-en, en-fr]: each data.train and data.valid corpus is read for each (PREFIX.en and PREFIX.de for en-de; {src} and {tgt} in a path name the pair's languages) and the target's tag >>de<< starts the source (tokenizer.language_tags: target_in_source); empty: the one pair data.src_lang-data.tgt_lang
+    temperature: float = 1.0  # how directions share an epoch: a direction of n of all N pairs gets (n/N)^(1/T), normalised; 1: in proportion to size, 5: the multilingual papers' choice, inf: uniform
     train: tuple[TrainCorpus, ...] = ()  # training corpus (file prefix PREFIX.src/.tgt, .tsv, .jsonl, saved dataset dir or hub:NAME), or a list of them, each a path or {path: P, weight: W}
     valid: tuple[ValidCorpus, ...] = ()  # validation corpus in the same forms, or a list of named sets, each {name: N, path: P} (e.g. in-domain and general); empty disables validation
     train_split: str = "train"  # split name when the corpus is a dataset (on disk or hub)
@@ -124,7 +128,7 @@ class TrainConfig:
     valid_bleu_sentences: int = 0  # sentences of the validation set decoded for BLEU; 0 means all
     valid_bleu_seconds: float = 0.0  # bound on BLEU decoding: the first validation decodes for about this long, later ones the same sentences; 0: no bound
     patience: int = 0  # stop after this many validations without a BLEU gain; 0 disables early stopping
-    best_on: str = ""  # the validation set (data.valid's name) that early stopping and the best checkpoint go by; empty: the first
+    best_on: str = ""  # the validation set (data.valid's name, or with data.pairs a direction: en-de) that early stopping and the best checkpoint go by, or mean (of every set's BLEU); empty: the first, or with data.pairs the mean
     save_every: int = 1000  # write a checkpoint every this many updates
     keep_last: int = 5  # step checkpoints kept on disk
     log_every: int = 100  # write training metrics every this many updates
@@ -444,6 +448,7 @@ def validate(config: Config) -> None:
         (1 <= d.nbest <= d.beam, f"decode.nbest must be between 1 and decode.beam ({d.beam}), got {d.nbest}"),
         (d.max_len_a >= 0 and d.max_len_b >= 1, "decode.max_len_a must be >= 0 and decode.max_len_b >= 1"),
         (d.max_tokens >= 0, f"decode.max_tokens must be >= 0 (0: chosen for the device), got {d.max_tokens}"),
+        *pair_rules(config.data, config.tokenizer),
         (config.data.max_tokens_per_side >= 1, "data.max_tokens_per_side must be >= 1"),
         (config.data.workers >= 0, f"data.workers must be >= 0, got {config.data.workers}"),
         (all(c.path.strip() for c in config.data.train), "data.train: a corpus path is empty"),
@@ -451,8 +456,8 @@ def validate(config: Config) -> None:
          f"data.train: weights must be > 0, got {[c.weight for c in config.data.train]}"),
         (len({v.name for v in config.data.valid}) == len(config.data.valid),
          f"data.valid: each set needs a name of its own, got {[v.name for v in config.data.valid]}"),
-        (not t.best_on or t.best_on in {v.name for v in config.data.valid},
-         f"train.best_on: {t.best_on!r} is not a data.valid set's name ({', '.join(v.name for v in config.data.valid) or 'none'})"),
+        (not t.best_on or t.best_on == MEAN or bool(config.data.pairs) or t.best_on in {v.name for v in config.data.valid},
+         f"train.best_on: {t.best_on!r} is not a data.valid set's name ({', '.join(v.name for v in config.data.valid) or 'none'}) or mean"),
         (all(v.path.strip() for v in config.data.valid), "data.valid: a corpus path is empty"),
         (config.data.max_tokens_per_side + 2 <= m.max_positions,
          f"data.max_tokens_per_side ({config.data.max_tokens_per_side}) + 2 must fit model.max_positions ({m.max_positions})"),
@@ -477,9 +482,8 @@ def validate(config: Config) -> None:
 
 def to_dict(config: Config) -> dict[str, dict[str, Any]]:
     """The config as plain nested data (tuples as lists) for YAML and checkpoints."""
-    def plain(value: Any) -> Any:
-        return list(value) if isinstance(value, tuple) else value
-    values = {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, s)).items()} for s in _section_types()}
+    values = {s: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(config, s)).items()}
+              for s in _section_types()}  # tuples as lists
     corpora = values["data"]["train"]  # one corpus of weight 1 is written as its path, as configs have it
     if not corpora or (len(corpora) == 1 and corpora[0]["weight"] == 1.0):
         values["data"]["train"] = corpora[0]["path"] if corpora else ""

@@ -14,14 +14,15 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from nmt import checkpoint, distributed
-from nmt.config import Config, resumable_keys, save_config, to_dict, with_init
+from nmt.config import MEAN, Config, DataConfig, resumable_keys, save_config, to_dict, with_init
+from nmt.directions import directions, target_languages
 from nmt.data import Preparation, TrainingData, cache_root, read_corpus
 from nmt.errors import CheckpointError, ConfigError
 from nmt.evaluate import bleu, evaluate_model
 from nmt.model import Transformer, count_parameters
 from nmt.precision import decoding_model, trains_in_bf16
 from nmt.importing.run import Initial, initial_model
-from nmt.tokenizer import Tokenizer, load_tokenizer, prepare_tokenizer_from_sample
+from nmt.tokenizer import Tokenizer, load_tokenizer, prepare_tokenizer_from_sample, tag_piece
 from nmt.train import Trainer, ValidSet
 from nmt.translator import CONFIG_FILE, build_model, read_stored_config, resolve_device, translate_texts
 
@@ -44,15 +45,19 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
 
 
 def _prepare_data(config: Config, run_dir: Path, resuming: bool, initial: Optional[Initial] = None
-                  ) -> tuple[Tokenizer, TrainingData, list[tuple[str, list[str], list[str]]]]:
+                  ) -> tuple[Tokenizer, TrainingData, list[tuple[str, list[str], list[str], Tokenizer]]]:
     """The tokenizer and the training corpora as token stores (streamed and cached: see nmt.data.prepare);
     returns the validation sets' names and texts too. A new run trains the tokenizer on a sample of the
     corpora, unless one was trained on the same corpora with the same settings before, or takes the
     initial model's (model.init); a resumed run keeps its own. A tokenizer with language tags is
-    returned with data.src_lang's and data.tgt_lang's."""
+    returned with data.src_lang's and data.tgt_lang's; with data.pairs, without any (each direction's
+    validation set comes with its own), and a new one has a tag for each target language."""
     d, t = config.data, config.tokenizer
+    pairs = directions(d)
     with Preparation(d, d.workers, quiet=not distributed.is_main()) as preparation:
-        valid = [(v.name, *read_corpus(v.path, d.src_lang, d.tgt_lang, d.valid_split, d.hub_config)) for v in d.valid]
+        valid = [(_valid_name(v.name, s, tgt, d), s, tgt,
+                  *read_corpus(v.path.replace("{src}", s).replace("{tgt}", tgt), s, tgt, d.valid_split, d.hub_config))
+                 for v in d.valid for s, tgt in pairs]
         if resuming or not distributed.is_main():
             tokenizer = load_tokenizer(run_dir, t.language_tags)
         elif initial is not None:
@@ -64,10 +69,20 @@ def _prepare_data(config: Config, run_dir: Path, resuming: bool, initial: Option
             cache = cache_root(d) / "tokenizers" / hashlib.sha256(settings.encode()).hexdigest()[:24]
             tokenizer = prepare_tokenizer_from_sample(
                 t, run_dir, lambda: preparation.sample(t.input_sentence_size, config.train.seed, t.joint),
-                config.train.seed, cache)
-        tokenizer = tokenizer.for_languages(d.src_lang, d.tgt_lang)
+                config.train.seed, cache, [tag_piece(code) for code in target_languages(d)])
+        if not d.pairs:
+            tokenizer = tokenizer.for_languages(d.src_lang, d.tgt_lang)
         data = preparation.finish(tokenizer)
-    return tokenizer, data, valid
+    return tokenizer, data, [(name, src, tgt, tokenizer.for_languages(s, tg) if d.pairs else tokenizer)
+                             for name, s, tg, src, tgt in valid]
+
+
+def _valid_name(name: str, src_lang: str, tgt_lang: str, config: DataConfig) -> str:
+    """A validation set's name in metrics.jsonl: data.valid's, or with data.pairs the direction's ("en-de"),
+    after the set's own name where there are several ("news/en-de")."""
+    if not config.pairs:
+        return name
+    return f"{src_lang}-{tgt_lang}" if len(config.valid) == 1 else f"{name}/{src_lang}-{tgt_lang}"
 
 
 def train(config: Config, run_dir: Path, given: frozenset[str] = frozenset()) -> dict:
@@ -123,13 +138,17 @@ def _train(config: Config, run_dir: Path, device: torch.device, given: frozenset
     if distributed.world_size() > 1:
         torch.manual_seed(config.train.seed + distributed.rank())  # same initial weights, different dropout masks
     valid = []
-    for name, valid_src, valid_tgt in valid_texts:
+    for name, valid_src, valid_tgt, own in valid_texts:
         pairs = [(s.strip(), t.strip()) for s, t in zip(valid_src, valid_tgt) if s.strip() and t.strip()]
         limit = config.train.valid_bleu_sentences or len(pairs)
-        valid.append(ValidSet(tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs]),
-                              name, _validation_bleu(config, tokenizer, device, [s for s, _ in pairs[:limit]],
+        valid.append(ValidSet(own.encode_src([s for s, _ in pairs]), own.encode_tgt([t for _, t in pairs]),
+                              name, _validation_bleu(config, own, device, [s for s, _ in pairs[:limit]],
                                                      [t for _, t in pairs[:limit]])))
-    trainer = Trainer(model, config.train, run_dir, corpus, valid, None, device)
+    # With several directions, early stopping and the best checkpoint go by their mean BLEU unless told otherwise.
+    train_config = config.train
+    if config.data.pairs and not train_config.best_on and len(valid) > 1:
+        train_config = dataclasses.replace(train_config, best_on=MEAN)
+    trainer = Trainer(model, train_config, run_dir, corpus, valid, None, device)
     if latest is not None:
         trainer.resume(latest)
     reason = trainer.train()

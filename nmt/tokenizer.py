@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import random
+import re
 import shutil
 import threading
 import time
@@ -33,8 +34,18 @@ TGT_FILE = "spm.tgt.model"
 log = logging.getLogger(__name__)
 
 
-def train_sentencepiece(sentences: Sequence[str], output: Path, config: TokenizerConfig, seed: int = 1) -> Path:
-    """Train one SentencePiece model on `sentences` and write it to `output` (atomically)."""
+def tag_piece(code: str) -> str:
+    """The piece of language `code`'s tag in a vocabulary nmt trains: OPUS-MT's form, `>>de<<`."""
+    return f">>{code}<<"
+
+
+TAG_PIECE = re.compile(r">>([A-Za-z0-9_]+)<<")
+
+
+def train_sentencepiece(sentences: Sequence[str], output: Path, config: TokenizerConfig, seed: int = 1,
+                        symbols: Sequence[str] = ()) -> Path:
+    """Train one SentencePiece model on `sentences` and write it to `output` (atomically); `symbols` (language
+    tags) are pieces of their own, never split, at the ids after the specials."""
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
         raise DataError(f"cannot train a tokenizer for {output.name}: no non-empty sentences")
@@ -55,6 +66,7 @@ def train_sentencepiece(sentences: Sequence[str], output: Path, config: Tokenize
                 pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
                 hard_vocab_limit=False,  # small corpora may not support the requested size
                 minloglevel=2,
+                user_defined_symbols=list(symbols),
                 # The trained model depends on the thread count (Multi30k en+de, 8,000 pieces: three
                 # different models from 1, 2 and 4 threads), so it is fixed, not the machine's core count:
                 # the same data and config give the same tokenizer everywhere.
@@ -163,6 +175,7 @@ class Tokenizer:
     files: tuple[Path, ...]
     vocab: Optional[Vocabulary] = None
     language_tags: str = "none"
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # a trained vocabulary's tags: code -> piece
     src_prefix: tuple[int, ...] = ()
     tgt_prefix: tuple[int, ...] = ()
 
@@ -200,9 +213,9 @@ class Tokenizer:
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each output; language tags (and, in a model's own vocabulary, its specials) are left out."""
         if self.vocab is None:
-            if not self.tgt_prefix:
+            drop = set(self.tgt_prefix) | {self.tgt.piece_to_id(p) for p in self.tags.values()}
+            if not drop:
                 return self.tgt.decode([list(x) for x in ids])
-            drop = set(self.tgt_prefix)
             return self.tgt.decode([[int(i) for i in x if int(i) not in drop] for x in ids])
         vocab = self.vocab
         special = {PAD_ID, UNK_ID, BOS_ID, EOS_ID} | {vocab.target_index[p] for p in vocab.tags.values()
@@ -225,7 +238,9 @@ class Tokenizer:
 
     def languages(self) -> list[str]:
         """The language codes this tokenizer has tags for (none without language tags)."""
-        return sorted(self.vocab.tags) if self.vocab is not None and self.language_tags != "none" else []
+        if self.language_tags == "none":
+            return []
+        return sorted(self.vocab.tags if self.vocab is not None else self.tags)
 
     def for_languages(self, src_lang: str, tgt_lang: str) -> "Tokenizer":
         """This tokenizer with the tags of translating `src_lang` into `tgt_lang` as prefixes (itself when
@@ -236,7 +251,9 @@ class Tokenizer:
         if self.language_tags == "target_in_source":
             return dataclasses.replace(self, src_prefix=(target,), tgt_prefix=())
         source = self._tag(src_lang, "source")
-        target_side = self.vocab.target_index[self.vocab.tags[self._code(tgt_lang, "target")]]
+        code = self._code(tgt_lang, "target")
+        target_side = (self.vocab.target_index[self.vocab.tags[code]] if self.vocab is not None
+                       else self.tgt.piece_to_id(self.tags[code]))
         return dataclasses.replace(self, src_prefix=(source,), tgt_prefix=(target_side,))
 
     def _code(self, code: str, side: str) -> str:
@@ -249,8 +266,9 @@ class Tokenizer:
         return found
 
     def _tag(self, code: str, side: str) -> int:
-        assert self.vocab is not None
-        return self.vocab.tag_id(self._code(code, side))
+        if self.vocab is not None:
+            return self.vocab.tag_id(self._code(code, side))
+        return self.src.piece_to_id(self.tags[self._code(code, side)])
 
 
 def load_tokenizer(directory: Path, language_tags: str = "none") -> Tokenizer:
@@ -259,11 +277,12 @@ def load_tokenizer(directory: Path, language_tags: str = "none") -> Tokenizer:
     vocab = Vocabulary.read(directory / VOCAB_FILE) if (directory / VOCAB_FILE).is_file() else None
     own = vocab is None
     extra = (directory / VOCAB_FILE,) if vocab is not None else ()
-    if language_tags != "none" and not (vocab is not None and vocab.tags):
+    if language_tags != "none" and vocab is not None and not vocab.tags:
         raise CheckpointError(f"{directory}: tokenizer.language_tags is {language_tags}, but {VOCAB_FILE} names no tags")
     if (directory / JOINT_FILE).is_file():
         processor = _load_processor(directory / JOINT_FILE, own)
-        return Tokenizer(processor, processor, (directory / JOINT_FILE, *extra), vocab, language_tags)
+        tags = _trained_tags(processor, directory / JOINT_FILE) if own and language_tags != "none" else {}
+        return Tokenizer(processor, processor, (directory / JOINT_FILE, *extra), vocab, language_tags, tags)
     if (directory / SRC_FILE).is_file() or (directory / TGT_FILE).is_file():
         return Tokenizer(_load_processor(directory / SRC_FILE, own), _load_processor(directory / TGT_FILE, own),
                          (directory / SRC_FILE, directory / TGT_FILE, *extra), vocab, language_tags)
@@ -271,15 +290,31 @@ def load_tokenizer(directory: Path, language_tags: str = "none") -> Tokenizer:
                           "is this a run directory made by `nmt train`?")
 
 
+def _trained_tags(processor: spm.SentencePieceProcessor, path: Path) -> dict[str, str]:
+    """The language tags of a vocabulary nmt trained: its `>>xx<<` pieces, which training puts right after
+    the specials (see `train_sentencepiece`)."""
+    tags = {}
+    for i in range(EOS_ID + 1, processor.get_piece_size()):
+        found = TAG_PIECE.fullmatch(processor.id_to_piece(i))
+        if found is None:
+            break
+        tags[found.group(1)] = found.group(0)
+    if not tags:
+        raise CheckpointError(f"{path}: tokenizer.language_tags is set, but the model has no >>xx<< tags")
+    return tags
+
+
 def prepare_tokenizer(config: TokenizerConfig, directory: Path, src_lines: Sequence[str],
-                      tgt_lines: Sequence[str], seed: int = 1, reuse: bool = False) -> Tokenizer:
-    """Put the tokenizer into `directory`: copy the configured model(s) or train new ones.
+                      tgt_lines: Sequence[str], seed: int = 1, reuse: bool = False,
+                      symbols: Sequence[str] = ()) -> Tokenizer:
+    """Put the tokenizer into `directory`: copy the configured model(s) or train new ones (with `symbols`,
+    language tags, as pieces of their own).
 
     With `reuse` (a resumed run) the tokenizer already in `directory` is kept as it is.
     """
     directory.mkdir(parents=True, exist_ok=True)
     if reuse:
-        return load_tokenizer(directory)
+        return load_tokenizer(directory, config.language_tags)
     for stale in (JOINT_FILE, SRC_FILE, TGT_FILE):  # left by an earlier, unfinished start
         (directory / stale).unlink(missing_ok=True)
     if config.joint:
@@ -287,14 +322,14 @@ def prepare_tokenizer(config: TokenizerConfig, directory: Path, src_lines: Seque
         if config.model:
             _copy_model(Path(config.model), target)
         else:
-            train_sentencepiece(list(src_lines) + list(tgt_lines), target, config, seed)
+            train_sentencepiece(list(src_lines) + list(tgt_lines), target, config, seed, symbols)
     else:
         for given, lines, name in ((config.src_model, src_lines, SRC_FILE), (config.tgt_model, tgt_lines, TGT_FILE)):
             if given:
                 _copy_model(Path(given), directory / name)
             else:
                 train_sentencepiece(lines, directory / name, config, seed)
-    return load_tokenizer(directory)
+    return load_tokenizer(directory, config.language_tags)
 
 
 def _copy_model(source: Path, target: Path) -> None:
@@ -304,7 +339,7 @@ def _copy_model(source: Path, target: Path) -> None:
 
 def prepare_tokenizer_from_sample(config: TokenizerConfig, directory: Path,
                                   sample: Callable[[], tuple[Sequence[str], Sequence[str]]], seed: int = 1,
-                                  cache: Optional[Path] = None) -> Tokenizer:
+                                  cache: Optional[Path] = None, symbols: Sequence[str] = ()) -> Tokenizer:
     """`prepare_tokenizer` for corpora too large to hold: `sample()` gives (source, target) sentences, and is
     called only when a model has to be trained. A model trained from scratch is also kept in `cache` (a
     directory named for the corpus and these settings), where the next run on the same corpus finds it.
@@ -316,10 +351,10 @@ def prepare_tokenizer_from_sample(config: TokenizerConfig, directory: Path,
         directory.mkdir(parents=True, exist_ok=True)
         for name in names:
             _copy_model(cache / name, directory / name)
-        return load_tokenizer(directory)
+        return load_tokenizer(directory, config.language_tags)
     needs_sample = trains_all or (not config.joint and not (config.src_model and config.tgt_model))
     src, tgt = sample() if needs_sample else ([], [])
-    tokenizer = prepare_tokenizer(config, directory, src, tgt, seed)
+    tokenizer = prepare_tokenizer(config, directory, src, tgt, seed, symbols=symbols)
     if trains_all and cache is not None:
         def store(tmp: Path) -> None:
             tmp.mkdir()

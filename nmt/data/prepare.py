@@ -38,8 +38,10 @@ from nmt import atomic
 from nmt.config import DataConfig
 from nmt.data.batching import TrainingData
 from nmt.data.cleaning import CleanStats, SentenceSample, first_occurrences, length_verdicts, pair_hashes
+from nmt.data.multilingual import LanguageSamples, temperature_shares, temperature_weights
 from nmt.data.reading import CorpusSource, HashMemo, open_corpus
 from nmt.data.store import StoreWriter, TokenStore, id_dtype, record_batches
+from nmt.directions import directions
 from nmt.errors import DataError
 from nmt.tokenizer import Tokenizer
 
@@ -222,14 +224,20 @@ class Preparation:
     `sample()` reads them (stage one) and returns a sample of their sentences for training a
     tokenizer; `finish(tokenizer)` opens the cached stores, preparing those that are not cached
     yet. Use it as a context manager: work in progress is removed on the way out, whatever happens.
+
+    With data.pairs, every corpus is read once for each direction (its {src} and {tgt} filled in), each
+    direction's sources start with its target's tag, and each direction's share of an epoch follows
+    data.temperature (`temperature_weights`).
     """
 
     def __init__(self, config: DataConfig, workers: int = 0, quiet: bool = False) -> None:
         self.config, self.quiet = config, quiet
         self.workers = workers or len(os.sched_getaffinity(0))
         self.root = cache_root(config)
-        self.corpora = [open_corpus(c.path, config.src_lang, config.tgt_lang, config.train_split, config.hub_config)
-                        for c in config.train]
+        self.languages = [pair for pair in directions(config) for _ in config.train]  # each corpus's direction
+        self.corpora = [open_corpus(c.path.replace("{src}", s).replace("{tgt}", t), s, t, config.train_split,
+                                    config.hub_config)
+                        for (s, t), c in zip(self.languages, [c for _ in directions(config) for c in config.train])]
         memo = HashMemo(self.root / "file-hashes.json")
         self.keys = [corpus.content_key(memo) for corpus in self.corpora]
         self.work = self.root / "tmp" / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -247,33 +255,58 @@ class Preparation:
         return hashlib.sha256("|".join(self.keys).encode()).hexdigest()[:24]
 
     def sample(self, size: int, seed: int, joint: bool) -> tuple[list[str], list[str]]:
-        """Read the corpora (stage one) and return a sample of their sentences (see `Samples`)."""
-        samples = Samples(size, seed, joint)
+        """Read the corpora (stage one) and return a sample of their sentences (see `Samples`; with several
+        directions, `LanguageSamples`: a share for each language by data.temperature)."""
+        samples: Samples | LanguageSamples = (LanguageSamples(size, seed, self.config.temperature)
+                                              if self.config.pairs else Samples(size, seed, joint))
         for index, corpus in enumerate(self.corpora):
-            self.scans[index] = self._guard(corpus, lambda: self._scan(index, samples.offer))
+            offer = samples.offer
+            if isinstance(samples, LanguageSamples):
+                src_lang, tgt_lang = self.languages[index]
+                def offer(src: list[str], tgt: list[str], s=src_lang, t=tgt_lang) -> None:
+                    samples.offer(src, s)
+                    samples.offer(tgt, t)
+            self.scans[index] = self._guard(corpus, lambda: self._scan(index, offer))
         return samples.sentences()
 
     def finish(self, tokenizer: Tokenizer) -> TrainingData:
-        """The corpora's token stores: opened from the cache, or prepared (and cached) first."""
-        digest = hashlib.sha256()
+        """The corpora's token stores: opened from the cache, or prepared (and cached) first. `tokenizer`
+        carries the one pair's tags; with data.pairs each direction's are taken from it."""
+        files = hashlib.sha256()
         for file in tokenizer.files:
-            digest.update(file.read_bytes())
-        if tokenizer.src_prefix or tokenizer.tgt_prefix:  # language tags the ids start with
-            digest.update(f"tags {list(tokenizer.src_prefix)} {list(tokenizer.tgt_prefix)}".encode())
+            files.update(file.read_bytes())
         c = self.config
-        stores, stats = [], []
+        stores, stats, names = [], [], []
         for index, corpus in enumerate(self.corpora):
+            own = tokenizer.for_languages(*self.languages[index]) if c.pairs else tokenizer
+            digest = files.copy()
+            if own.src_prefix or own.tgt_prefix:  # language tags the ids start with
+                digest.update(f"tags {list(own.src_prefix)} {list(own.tgt_prefix)}".encode())
             key = hashlib.sha256(f"v{STORE_VERSION}|{self.keys[index]}|{digest.hexdigest()}|{c.max_tokens_per_side}|"
                                  f"{c.max_length_ratio}|{c.dedup}".encode()).hexdigest()[:24]
             final = self.root / "prepared" / key
             cached = (final / META).is_file()
             if not cached:
-                self._guard(corpus, lambda: self._build(index, tokenizer, final))
+                self._guard(corpus, lambda: self._build(index, own, final))
             counts = CleanStats(**json.loads((final / META).read_text(encoding="utf-8"))["stats"])
-            log.info("training corpus %s: %s%s", corpus.spec, counts.summary(), " (prepared earlier)" if cached else "")
+            names.append(f"{corpus.spec} ({'-'.join(self.languages[index])})" if c.pairs else corpus.spec)
+            log.info("training corpus %s: %s%s", names[-1], counts.summary(), " (prepared earlier)" if cached else "")
             stores.append(TokenStore(final / TOKENS))
             stats.append(counts)
-        return TrainingData(stores, [corpus.spec for corpus in self.corpora], [t.weight for t in c.train], stats)
+        return TrainingData(stores, names, self._weights([store.rows for store in stores]), stats)
+
+    def _weights(self, rows: list[int]) -> list[float]:
+        """Each corpus's weight: its own (data.train's), times its direction's temperature factor."""
+        own = [t.weight for _ in directions(self.config) for t in self.config.train]
+        if not self.config.pairs:
+            return own
+        pairs = directions(self.config)
+        sizes = [sum(w * n for w, n, lang in zip(own, rows, self.languages) if lang == pair) for pair in pairs]
+        factors = dict(zip(pairs, temperature_weights(sizes, self.config.temperature)))
+        shares = temperature_shares(sizes, self.config.temperature)
+        log.info("directions' shares of an epoch (data.temperature=%g): %s", self.config.temperature,
+                 ", ".join(f"{s}-{t} {100 * share:.1f}%" for (s, t), share in zip(pairs, shares)))
+        return [float(w * factors[lang]) for w, lang in zip(own, self.languages)]
 
     def _scan(self, index: int, sample: Optional[Callable[[list[str], list[str]], None]] = None) -> _Scan:
         self.work.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from nmt import distributed
-from nmt.config import TrainConfig
+from nmt.config import MEAN, TrainConfig
 from nmt.data import collate, make_batches
 from nmt.errors import ConfigError
 from nmt.model import Transformer
@@ -31,9 +31,16 @@ class ValidSet:
     bleu: Optional[Callable[[Transformer], float]] = None
 
 
+def _mean(scores: list[dict]) -> dict:
+    """The mean of each score over the sets (train.best_on: mean); BLEU only where every set has it."""
+    return {key: sum(found[key] for found in scores) / len(scores) for key in scores[0]
+            if all(key in found for found in scores)}
+
+
 class Validation:
     """Validates the model of a run on every set: `run()` at each train.valid_every updates. The record's
-    valid_loss and valid_bleu are those of the set train.best_on names (the first by default); with
+    valid_loss and valid_bleu are those of the set train.best_on names (the first by default), or with
+    best_on "mean" their means over the sets; with
     several sets, `valid_sets` holds each one's."""
 
     def __init__(self, model: Transformer, sets: Sequence[ValidSet], config: TrainConfig, device: torch.device,
@@ -41,9 +48,10 @@ class Validation:
         self.model, self.sets, self.config, self.device = model, list(sets), config, device
         self.batch_loss, self.autocast = batch_loss, autocast
         names = [s.name for s in self.sets]
-        if config.best_on and config.best_on not in names:
-            raise ConfigError(f"train.best_on: {config.best_on!r} is not a validation set ({', '.join(names)})")
-        self.chosen = names.index(config.best_on) if config.best_on else 0
+        if config.best_on and config.best_on != MEAN and config.best_on not in names:
+            raise ConfigError(f"train.best_on: {config.best_on!r} is not a validation set ({', '.join(names)}, "
+                              f"or {MEAN})")
+        self.chosen = None if config.best_on == MEAN else names.index(config.best_on) if config.best_on else 0
 
     @torch.no_grad()
     def loss(self, valid: ValidSet) -> float:
@@ -73,7 +81,7 @@ class Validation:
             if valid.bleu is not None:
                 found["bleu"] = valid.bleu(self.model)
             scores.append(found)
-        chosen = scores[self.chosen]
+        chosen = scores[self.chosen] if self.chosen is not None else _mean(scores)
         record: dict = {"step": p.step, "valid_loss": chosen["loss"]}
         if "bleu" in chosen:
             bleu = record["valid_bleu"] = chosen["bleu"]
