@@ -37,9 +37,9 @@ DECODE_SET_HELP = ("Override a decoding setting of the model's config, e.g. --se
 PRECISION_HELP = (f"Decoding dtype: {_precisions()} (scores are summed in fp32 either way); default: the model's "
                   "decode.precision, whose auto is bf16 on CUDA and fp32 on CPU.")
 SRC_LANG_HELP = ("Source language, for a model with language tags (NLLB: eng_Latn, or en); default: the model's "
-                 "data.src_lang.")
+                 "data.src_lang (a multilingual model of nmt's needs none).")
 TGT_LANG_HELP = ("Target language, for a model with language tags (OPUS-MT's >>xxx<<, NLLB's deu_Latn, or de); "
-                 "default: the model's data.tgt_lang.")
+                 "default: the model's data.tgt_lang (a multilingual model of nmt's needs one).")
 # The config keys that decoding options set, so that an error about one names the option the user gave.
 DECODE_OPTIONS = {"decode.beam": "--beam", "decode.nbest": "--nbest", "decode.precision": "--precision"}
 _state = {"verbose": False}
@@ -203,19 +203,38 @@ def evaluate(
                                                           "bootstrap test gives its scores and the p-value of the difference.")] = None,
     src_lang: Annotated[Optional[str], typer.Option(help=SRC_LANG_HELP + " With --model.")] = None,
     tgt_lang: Annotated[Optional[str], typer.Option(help=TGT_LANG_HELP + " With --model.")] = None,
+    test: Annotated[Optional[Path], typer.Option(help="With --model: a multi-way test set's file prefix PREFIX (files "
+                                                      "PREFIX.en, PREFIX.de, ...[.gz]); every direction of a "
+                                                      "multilingual model is scored, trained and zero-shot, in one table.")] = None,
+    directions: Annotated[Optional[str], typer.Option(help="With --test: the directions to score, e.g. en-de,de-fr; "
+                                                           "default: the trained ones and every zero-shot one.")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="With --test: write each direction's translations into "
+                                                            "this directory (PREFIX.SRC-TGT.hyp.TGT).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object with scores and signatures.")] = False,
 ) -> None:
     """Score translations with sacreBLEU (BLEU, chrF, TER and their signatures).
 
-    Either --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE. --bootstrap adds confidence
+    Either --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE, or --model DIR --test PREFIX
+    (a table of every direction of a multilingual model, with the share of off-target outputs
+    where lingua is installed). --bootstrap adds confidence
     intervals, --baseline FILE a significance test against another system's output. With the sources
     (--src), the share of translations that keep their source's placeholders (%s, {name}, <b>, &amp;).
     """
     from nmt.config import decode_overrides
     from nmt.errors import NMTError
-    from nmt.evaluate import evaluate_files, evaluate_model, format_scores
+    from nmt.evaluate import evaluate_directions, evaluate_files, evaluate_model, format_directions, format_scores
 
     def job() -> dict:
+        if test is not None:
+            if model is None or hyp is not None or src is not None or ref:
+                raise NMTError("--test PREFIX goes with --model DIR alone (it reads PREFIX.LANG for each direction)")
+            if output_dir is not None:
+                output_dir.mkdir(parents=True, exist_ok=True)
+            wanted = [d.strip() for d in (directions or "").split(",") if d.strip()]
+            return evaluate_directions(model, test, wanted, beam, device, workers,
+                                       _with_precision(decode_overrides(set_ or []), precision), output_dir)
+        if directions or output_dir:
+            raise NMTError("--directions and --output-dir go with --model DIR --test PREFIX")
         if not ref or (hyp is None) == (model is None) or (model is not None and src is None):
             raise NMTError("give --hyp FILE --ref FILE, or --model DIR --src FILE --ref FILE")
         if hyp is not None:
@@ -227,7 +246,8 @@ def evaluate(
                               bootstrap, baseline, src_lang, tgt_lang)
 
     scores = _run(job, DECODE_OPTIONS)
-    typer.echo(json.dumps(scores) if json_ else format_scores(scores))
+    shown = format_directions if "directions" in scores else format_scores
+    typer.echo(json.dumps(scores) if json_ else shown(scores))
 
 
 @app.command()
@@ -318,17 +338,24 @@ def export(
                                              "package, which LibreTranslate serves).")] = "hf",
     quantization: Annotated[Optional[str], typer.Option(help="ct2 and argos: CTranslate2 weight type, e.g. int8 "
                                                              "(default float32).")] = None,
+    src_lang: Annotated[Optional[str], typer.Option(help="argos, for a multilingual model: the direction's source "
+                                                         "language (one package per direction).")] = None,
+    tgt_lang: Annotated[Optional[str], typer.Option(help="argos, for a multilingual model: the direction's target "
+                                                         "language.")] = None,
 ) -> None:
-    """Export a model for other toolkits; needs `pip install 'nmt\\[export]'`."""
+    """Export a model for other toolkits; needs `pip install 'nmt\\[export]'`. A multilingual model exports
+    whole to hf and ct2 (sources start with the target's tag, >>de<<) and one direction at a time to argos."""
     from nmt.errors import NMTError
 
     def job() -> Path:
         from nmt.export import export_argos, export_ct2, export_hf
 
+        if (src_lang or tgt_lang) and format != "argos":
+            raise NMTError("--src-lang and --tgt-lang apply to --format argos only")
         if format == "ct2":
             return export_ct2(model, output, quantization)
         if format == "argos":
-            return export_argos(model, output, quantization)
+            return export_argos(model, output, quantization, src_lang, tgt_lang)
         if format != "hf":
             raise NMTError(f"--format {format!r}: choose hf, ct2 or argos")
         if quantization is not None:

@@ -166,3 +166,86 @@ def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Pa
     result.update(placeholder_match(src, hyps))
     result["beam"], result["length_penalty"] = settings.beam, settings.length_penalty
     return result
+
+
+def _language_file(prefix: Path, language: str) -> Optional[Path]:
+    """PREFIX.LANG or PREFIX.LANG.gz, whichever exists."""
+    for path in (prefix.with_name(f"{prefix.name}.{language}"), prefix.with_name(f"{prefix.name}.{language}.gz")):
+        if path.is_file():
+            return path
+    return None
+
+
+def evaluate_directions(model_dir: Path, prefix: Path, directions: Sequence[str] = (), beam: Optional[int] = None,
+                        device: str = "auto", workers: int = 1, decode: Optional[dict] = None,
+                        output_dir: Optional[Path] = None) -> dict:
+    """Every direction of a multilingual model on a multi-way test set PREFIX.{lang}[.gz] (Multi30k's
+    test_2016_flickr.en, .de, ...): the trained ones (data.pairs) and the zero-shot ones between their
+    languages into a language the model has a tag for, or `directions` ("de-fr"). Each row has BLEU and
+    chrF with their signatures, and where lingua is installed the share of outputs a language identifier
+    finds in another of the model's languages than the one asked for ("off_target")."""
+    decode = decode or {}
+    translator = Translator.load(model_dir, device, None, decode.get("precision"))
+    trained = list(translator.config.data.pairs) or [f"{translator.config.data.src_lang}-{translator.config.data.tgt_lang}"]
+    languages = list(dict.fromkeys(code for pair in trained for code in pair.split("-")))
+    targets = translator.tokenizer.languages() or [translator.config.data.tgt_lang]
+    asked = bool(directions)
+    wanted = list(directions) or trained + [f"{s}-{t}" for s in languages for t in languages
+                                             if s != t and t in targets and f"{s}-{t}" not in trained]
+    detector = _detector(languages)
+    rows: dict[str, dict] = {}
+    for pair in wanted:
+        src_lang, _, tgt_lang = pair.partition("-")
+        src_path, ref_path = _language_file(prefix, src_lang), _language_file(prefix, tgt_lang)
+        if src_path is None or ref_path is None:
+            if asked:
+                raise NMTError(f"{prefix}.{src_lang if src_path is None else tgt_lang}[.gz]: not found (for {pair})")
+            continue
+        src, ref = read_lines(src_path), read_lines(ref_path)
+        if len(src) != len(ref):
+            raise NMTError(f"{src_path} has {len(src)} lines but {ref_path} has {len(ref)}; they must be line-aligned")
+        hyps = translator.translate(src, beam=beam, show_progress=len(src) > 100, workers=workers,
+                                    src_lang=src_lang, tgt_lang=tgt_lang, **decode)
+        if output_dir is not None:
+            write_lines_atomic(hyps, output_dir / f"{prefix.name}.{pair}.hyp.{tgt_lang}")
+        found = score(hyps, ref, where=str(src_path))
+        row = {"trained": pair in trained, "sentences": len(src), "bleu": found["bleu"], "chrf": found["chrf"]}
+        if detector is not None:
+            said = [detector.detect(h, top=1)[0]["language"] for h in hyps if h.strip()]
+            row["off_target"] = round(100 * sum(code != tgt_lang for code in said) / max(1, len(said)), 2)
+        rows[pair] = row
+        signatures = {"bleu_signature": found["bleu_signature"], "chrf_signature": found["chrf_signature"]}
+    if not rows:
+        raise NMTError(f"{prefix}: no test files PREFIX.LANG[.gz] for any of {', '.join(wanted)}")
+    result: dict = {"test": str(prefix), "beam": translator.settings(beam, decode).beam, "directions": rows}
+    for kind, is_trained in (("trained", True), ("zero_shot", False)):
+        scores = [row["bleu"] for row in rows.values() if row["trained"] is is_trained]
+        if scores:
+            result[f"mean_bleu_{kind}"] = round(sum(scores) / len(scores), 2)
+    result.update(signatures)
+    result["language_identifier"] = "lingua" if detector is not None else None
+    return result
+
+
+def _detector(languages: Sequence[str]):
+    """A language identifier for `languages` (lingua, with the serve extra), or None without it."""
+    from nmt.documents.detect import LanguageDetector  # lingua is optional: only the off-target share needs it
+
+    try:
+        return LanguageDetector(languages)
+    except NMTError:
+        return None
+
+
+def format_directions(result: dict) -> str:
+    """The table of `evaluate_directions`: a row per direction, then the means and the signatures."""
+    off = result["language_identifier"] is not None
+    lines = [f"{'direction':10s} {'kind':9s} {'BLEU':>6s} {'chrF2':>6s}" + (f" {'off-target %':>12s}" if off else "")]
+    for pair, row in result["directions"].items():
+        lines.append(f"{pair:10s} {'trained' if row['trained'] else 'zero-shot':9s} {row['bleu']:6.2f} {row['chrf']:6.2f}"
+                     + (f" {row['off_target']:12.2f}" if off else ""))
+    for kind in ("trained", "zero_shot"):
+        if f"mean_bleu_{kind}" in result:
+            lines.append(f"mean BLEU, {kind.replace('_', '-')}: {result[f'mean_bleu_{kind}']:.2f}")
+    lines += [result["bleu_signature"], result["chrf_signature"]]
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ the same model. Needs the optional `transformers` package (`pip install nmt[expo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -127,8 +128,11 @@ def _write_tokenizer(translator: Translator, directory: Path) -> None:
     vocab = {piece: exported_id(i, size) for i, piece in enumerate(pieces)}
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     d = translator.config.data
+    # A multilingual model's sources start with the target's tag, ">>de<< text", as OPUS-MT's do: MarianTokenizer
+    # keeps such a tag whole and looks it up in vocab.json.
+    source_lang, target_lang = ("mul", "mul") if d.pairs else (d.src_lang, d.tgt_lang)
     (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "MarianTokenizer", "source_lang": d.src_lang, "target_lang": d.tgt_lang,
+        "tokenizer_class": "MarianTokenizer", "source_lang": source_lang, "target_lang": target_lang,
         "model_max_length": translator.config.model.max_positions - 1, "separate_vocabs": False,
         "pad_token": pieces[PAD_ID], "unk_token": pieces[UNK_ID], "eos_token": pieces[EOS_ID]}, indent=2),
         encoding="utf-8")
@@ -161,7 +165,8 @@ def export_ct2(model_dir: Path, output: Path, quantization: str | None = None) -
 ARGOS_SUFFIX = ".argosmodel"
 
 
-def export_argos(model_dir: Path, output: Path, quantization: str | None = None) -> Path:
+def export_argos(model_dir: Path, output: Path, quantization: str | None = None, src_lang: str | None = None,
+                 tgt_lang: str | None = None) -> Path:
     """Write an Argos Translate package: a zip of one directory `translate-SRC_TGT-1_0/` holding
 
         metadata.json         language codes and names, package and Argos versions, type "translate"
@@ -172,6 +177,11 @@ def export_argos(model_dir: Path, output: Path, quantization: str | None = None)
     `argostranslate.package.install_from_path(output)` installs it; LibreTranslate then serves it.
     Argos hands CTranslate2 the source pieces without EOS (OpenNMT-py's models are trained without
     one); nmt's are trained with it, so the model's config asks CTranslate2 to add it.
+
+    A multilingual model (data.pairs) gives one package per direction (`src_lang` -> `tgt_lang`). Argos'
+    metadata can only force a target prefix, and these models read the target's tag `>>de<<` first in
+    the source; so the package's CTranslate2 config names the tag as its source BOS token and asks for
+    it to be added (`add_source_bos`), which puts the tag where the model was trained to find it.
     """
     if output.suffix != ARGOS_SUFFIX:
         raise NMTError(f"--output {output}: an Argos Translate package is one file named *{ARGOS_SUFFIX}")
@@ -179,7 +189,18 @@ def export_argos(model_dir: Path, output: Path, quantization: str | None = None)
         raise NMTError(f"{output} exists; choose another --output")
     if not output.parent.is_dir():
         raise NMTError(f"--output {output}: the directory {output.parent} does not exist")
-    data = Translator.load(model_dir, device="cpu").config.data
+    translator = Translator.load(model_dir, device="cpu")
+    data = translator.config.data
+    tag = None
+    if data.pairs:
+        if not src_lang or not tgt_lang:
+            raise NMTError(f"{model_dir} translates {', '.join(data.pairs)}: an Argos package holds one direction; "
+                           "give --src-lang and --tgt-lang")
+        translator.tokenizer_for(src_lang, tgt_lang)  # a language without a tag is refused here, in one line
+        tag = translator.tokenizer.tags[tgt_lang]
+        data = dataclasses.replace(data, src_lang=src_lang, tgt_lang=tgt_lang)
+    elif (src_lang and src_lang != data.src_lang) or (tgt_lang and tgt_lang != data.tgt_lang):
+        raise NMTError(f"{model_dir} translates {data.src_lang}-{data.tgt_lang} only")
     name = f"translate-{data.src_lang}_{data.tgt_lang}-1_0"
     with tempfile.TemporaryDirectory(prefix="nmt-argos-") as work:
         root = Path(work) / name
@@ -188,6 +209,8 @@ def export_argos(model_dir: Path, output: Path, quantization: str | None = None)
         config_path = model / "config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["add_source_eos"] = True
+        if tag is not None:
+            config["bos_token"], config["add_source_bos"] = tag, True
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         (model / "source.spm").rename(root / "sentencepiece.model")  # the vocabulary is joint: one model
         (model / "target.spm").unlink()

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from nmt import checkpoint
 from nmt.config import Config, DecodeConfig, from_dict, merge, validate
 from nmt.decode import translate_ids
-from nmt.errors import CheckpointError, ConfigError, NMTError
+from nmt.errors import CheckpointError, ConfigError, DataError, NMTError
 from nmt.model import Transformer
 from nmt.precision import decoding_dtype, pack_linear_layers
 from nmt.tokenizer import Tokenizer, load_tokenizer
@@ -58,12 +58,30 @@ def translate_nbest(model: Transformer, tokenizer: Tokenizer, lines: Sequence[st
     """(text, score) hypotheses per line, best first; empty (or all-space) lines give one empty hypothesis.
 
     `progress`, when given, is told of each batch's sentences (instead of a progress bar of its own)."""
+    return _nbest_of(model, [tokenizer] * len(lines), lines, decode, device, show_progress, workers, progress)
+
+
+def _nbest_of(model: Transformer, tokenizers: Sequence[Tokenizer], lines: Sequence[str], decode: DecodeConfig,
+              device: torch.device, show_progress: bool = False, workers: int = 1,
+              progress: Optional[Callable[[int], None]] = None) -> list[list[tuple[str, float]]]:
+    """`translate_nbest` with a tokenizer per line (a direction's tags each), all searched together: their
+    outputs start alike (the same `tgt_prefix`), whatever the tags their sources start with."""
+    tokenizer = tokenizers[0] if tokenizers else None
+    if any(t.tgt_prefix != tokenizer.tgt_prefix for t in tokenizers):
+        raise ValueError("lines searched together must share their forced target prefix")
     todo = [i for i, line in enumerate(lines) if line.strip()]
-    ids = tokenizer.encode_src([lines[i].strip() for i in todo])
+    ids: list[list[int]] = [[] for _ in todo]
+    groups: dict[int, list[int]] = {}  # each tokenizer's lines (places in `todo`), encoded in one call
+    for place, i in enumerate(todo):
+        groups.setdefault(id(tokenizers[i]), []).append(place)
+    for places in groups.values():
+        own = tokenizers[todo[places[0]]]
+        for place, row in zip(places, own.encode_src([lines[todo[p]].strip() for p in places])):
+            ids[place] = row
     with tqdm(total=len(todo), desc="translate", unit="sent", disable=not show_progress or progress is not None,
               mininterval=1.0) as bar:
         hyps = translate_ids(model, ids, decode, device, progress=progress or bar.update, workers=workers,
-                             prefix=tokenizer.tgt_prefix)
+                             prefix=tokenizer.tgt_prefix if tokenizer is not None else ())
     out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
     for index, found in zip(todo, hyps):
         out[index] = list(zip(tokenizer.decode_tgt([h.tokens for h in found]), (h.score for h in found)))
@@ -101,6 +119,7 @@ class Translator:
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, config: Config, device: torch.device) -> None:
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
+        self._batch_keys: dict[tuple, tuple[int, ...]] = {}
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "auto", quantize: Optional[str] = None,
@@ -159,6 +178,11 @@ class Translator:
         """The tokenizer with the language tags of `src_lang` -> `tgt_lang` (by default the run's data.src_lang and
         data.tgt_lang), for a model with language tags; a language the model has no tag for is an error."""
         data = self.config.data
+        if data.pairs:  # a multilingual model of ours: the target's tag is the source's first piece
+            if not tgt_lang:
+                raise DataError(f"no target language given: this model translates {', '.join(data.pairs)} "
+                                "(--tgt-lang, or the server's target)")
+            return self.tokenizer.for_languages(src_lang or "", tgt_lang)
         return self.tokenizer.for_languages(src_lang or data.src_lang, tgt_lang or data.tgt_lang)
 
     def translate(self, lines: Sequence[str], beam: Optional[int] = None, show_progress: bool = False,
@@ -182,3 +206,19 @@ class Translator:
         settings = self.settings(beam, {**decode, "nbest": nbest})
         return translate_nbest(self.model, self.tokenizer_for(src_lang, tgt_lang), lines, settings, self.device,
                                show_progress, workers, progress)
+
+    def batch_key(self, src_lang: Optional[str] = None, tgt_lang: Optional[str] = None) -> tuple[int, ...]:
+        """What lines searched together must share: the forced start of their outputs. Directions of a model
+        whose target tag is in the source (OPUS-MT's, nmt's multilingual models) all share one."""
+        key = self._batch_keys.get((src_lang, tgt_lang))
+        if key is None:
+            key = self._batch_keys[(src_lang, tgt_lang)] = self.tokenizer_for(src_lang, tgt_lang).tgt_prefix
+        return key
+
+    def translate_mixed(self, lines: Sequence[str], languages: Sequence[tuple[Optional[str], Optional[str]]],
+                        nbest: int, beam: Optional[int] = None, **decode) -> list[list[tuple[str, float]]]:
+        """`translate_nbest` of lines of several directions ((source, target) each) in one search, for
+        directions with the same `batch_key`: what each line gives alone, in one batch (the server's)."""
+        settings = self.settings(beam, {**decode, "nbest": nbest})
+        tokenizers = {pair: self.tokenizer_for(*pair) for pair in dict.fromkeys(languages)}
+        return _nbest_of(self.model, [tokenizers[pair] for pair in languages], lines, settings, self.device)

@@ -193,9 +193,11 @@ class DecodingLoop:
         for ever. (On 32 clients sending paragraphs: see bench/README.md.)
         """
         first = self._queue[0]  # `_take` has dropped the cancelled ones at the head
-        beam, languages = first.job.beam, first.job.languages  # one beam and language pair per batch
+        # One beam per batch, and one forced output start: the directions of a model whose target tag is in
+        # the source go together.
+        beam, key = first.job.beam, self.translator.batch_key(*first.job.languages)
         alike = [i for i, sentence in enumerate(self._queue) if not sentence.job.cancelled
-                 and sentence.job.beam == beam and sentence.job.languages == languages]
+                 and sentence.job.beam == beam and self.translator.batch_key(*sentence.job.languages) == key]
         chosen: set[int] = set()
         longest, full = 0, False
         for i in sorted(alike, key=lambda i: (abs(self._queue[i].length - first.length), i)):
@@ -217,10 +219,9 @@ class DecodingLoop:
                 continue
             started = time.perf_counter()
             try:  # n-best only cuts a sentence's finished hypotheses; the search is the beam's alone
-                src_lang, tgt_lang = batch[0].job.languages
-                found = self.translator.translate_nbest([s.job.lines[s.index] for s in batch],
+                found = self.translator.translate_mixed([s.job.lines[s.index] for s in batch],
+                                                        [s.job.languages for s in batch],
                                                         max(s.job.nbest for s in batch), beam=batch[0].job.beam,
-                                                        src_lang=src_lang, tgt_lang=tgt_lang,
                                                         max_tokens=self.max_tokens)
             except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the server
                 log.exception("decoding a batch of %d sentences failed", len(batch))

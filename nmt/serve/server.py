@@ -44,6 +44,10 @@ def _directions(translator: Translator) -> list[tuple[str, str, tuple[Optional[s
     data, tokenizer = translator.config.data, translator.tokenizer
     if tokenizer.language_tags == "none":
         return [(data.src_lang, data.tgt_lang, (None, None))]
+    if data.pairs:  # a multilingual model of nmt's: the directions it was trained on
+        pairs = [pair.split("-") for pair in data.pairs]
+        short = short_codes(list(dict.fromkeys(code for pair in pairs for code in pair)))
+        return [(short[s], short[t], (s, t)) for s, t in pairs]
     codes = tokenizer.languages()
     short = short_codes(codes)
     if tokenizer.language_tags == "target_in_source":  # one source language, a tag per target
