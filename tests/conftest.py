@@ -45,6 +45,23 @@ def write_splits(directory: Path, sizes: tuple[int, int, int], src_lang: str = "
     return directory
 
 
+# A second target language for the same sources: word by word, in the source's order.
+ZZ_WORDS = ["maison", "arbre", "chat", "chien", "rouge", "bleu", "grand", "petit", "court", "assis", "ici", "la"]
+ZZ_LEXICON = dict(zip(SRC_WORDS, ZZ_WORDS))
+
+
+def toy_translate_zz(sentence: str) -> str:
+    return " ".join(ZZ_LEXICON[w] for w in sentence.split())
+
+
+def write_multiway(prefix: Path, n: int, seed: int) -> Path:
+    """PREFIX.xx, PREFIX.yy and PREFIX.zz: the same toy sources in two target languages (Multi30k's layout)."""
+    src, yy = toy_pairs(n, seed)
+    write_pair(prefix, src, yy, "xx", "yy")
+    Path(f"{prefix}.zz").write_text("".join(toy_translate_zz(s) + "\n" for s in src), encoding="utf-8")
+    return prefix
+
+
 # Small enough to train in seconds on one CPU core, big enough to learn the toy pair.
 TINY = [
     "data.src_lang=xx", "data.tgt_lang=yy",

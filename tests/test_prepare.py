@@ -191,9 +191,9 @@ def test_a_bounded_sample_trains_the_tokenizer(tmp_path: Path, monkeypatch: pyte
     seen = []
     real = prepare_tokenizer
 
-    def spy(tokenizer_config, directory, src_lines, tgt_lines, *args):
+    def spy(tokenizer_config, directory, src_lines, tgt_lines, *args, **kwargs):
         seen.append((list(src_lines), list(tgt_lines)))
-        return real(tokenizer_config, directory, src_lines, tgt_lines, *args)
+        return real(tokenizer_config, directory, src_lines, tgt_lines, *args, **kwargs)
 
     monkeypatch.setattr("nmt.tokenizer.prepare_tokenizer", spy)
     pipeline._prepare_data(config, tmp_path / "run", resuming=False)

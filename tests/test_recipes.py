@@ -38,6 +38,25 @@ def test_recipe_end_to_end(tmp_path: Path) -> None:
     assert (run_dir / "test_2016_flickr.hyp.yy").is_file()
 
 
+def test_multilingual_recipe_end_to_end(tmp_path: Path) -> None:
+    from conftest import write_multiway
+
+    data = tmp_path / "data"
+    for name, n, seed in (("train", 600, 1), ("val", 20, 2), ("test_2016_flickr", 20, 3)):
+        write_multiway(data / name, n, seed)
+    run_dir = tmp_path / "run"
+    result = run_recipe("--multilingual", "--data-dir", str(data), "--run-dir", str(run_dir),
+                        "--set", "data.pairs=xx-yy,xx-zz", "--set", "model.preset=tiny", "--set", "tokenizer.vocab_size=80",
+                        "--set", "train.max_steps=30", "--set", "train.save_every=10", "--set", "train.valid_every=15",
+                        "--set", "train.threads=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["profile"] == "multilingual" and set(line["directions"]) == {"xx-yy", "xx-zz", "yy-zz", "zz-yy"}
+    assert [row["trained"] for row in line["directions"].values()] == [True, True, False, False]
+    assert "mean_bleu_trained" in line and line["bleu_signature"].startswith("nrefs:1|case:mixed")
+    assert (run_dir / "test_2016_flickr" / "test_2016_flickr.xx-zz.hyp.zz").is_file()
+
+
 def test_recipe_refuses_bad_arguments(tmp_path: Path) -> None:
     bad = run_recipe("--src", "en", "--tgt", "xx", "--run-dir", str(tmp_path / "r"))
     assert bad.returncode == 2 and "Multi30k has en, de, fr and cs, not xx" in bad.stderr
@@ -64,7 +83,7 @@ def test_profiles_load_and_the_readme_quickstart_runs_the_quick_one() -> None:
     from nmt.config import load_config
 
     recipes = RECIPE.parent
-    for profile in ("quick", "cpu", "gpu"):
+    for profile in ("quick", "cpu", "gpu", "multilingual"):
         load_config(recipes / f"multi30k-{profile}.yaml", [])  # unknown keys or bad values would raise
     readme = (recipes.parent / "README.md").read_text(encoding="utf-8")
     quickstart = readme[readme.index("## Quickstart"):readme.index("\n## ", readme.index("## Quickstart") + 1)]

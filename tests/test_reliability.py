@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 import torch
@@ -24,9 +25,9 @@ from test_train import make_trainer
 STEPS = 60
 
 
-def train_command(run_dir: Path, corpus: Path, save_every: int = 4) -> list[str]:
+def train_command(run_dir: Path, corpus: Path, save_every: int = 4, extra: Sequence[str] = ()) -> list[str]:
     sets = [*TINY, f"data.train={corpus / 'train'}", f"train.max_steps={STEPS}", f"train.save_every={save_every}",
-            "train.keep_last=3", "train.log_every=5"]
+            "train.keep_last=3", "train.log_every=5", *extra]
     return [sys.executable, "-m", "nmt_cli.main", "train", "--run-dir", str(run_dir),
             *[x for s in sets for x in ("--set", s)]]
 
@@ -64,12 +65,21 @@ def assert_same_weights(expected: dict[str, torch.Tensor], found: dict[str, torc
 
 def test_sigkill_and_resume_gives_the_uninterrupted_result(toy_corpus: Path, tmp_path: Path,
                                                            uninterrupted: dict[str, torch.Tensor]) -> None:
+    kill_and_resume(toy_corpus, tmp_path, uninterrupted)
+
+
+def kill_and_resume(corpus: Path, tmp_path: Path, uninterrupted: dict[str, torch.Tensor], extra: Sequence[str] = ()) -> None:
+    """Kill a training run three times at random moments after a checkpoint, resume it to the end, and
+    compare its weights with those of the run never interrupted."""
+    def train_command_of(run_dir: Path) -> list[str]:
+        return train_command(run_dir, corpus, extra=extra)
+
     env = {**os.environ, "NMT_CACHE": str(tmp_path / "cache")}
     killed = tmp_path / "killed"
     rng = random.Random(7)
     kills = 0
     for _ in range(3):
-        process = subprocess.Popen(train_command(killed, toy_corpus), env=env, stdout=subprocess.DEVNULL,
+        process = subprocess.Popen(train_command_of(killed), env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         start = time.monotonic()
         while not (checkpoint.checkpoint_dir(killed) / "latest").exists() and time.monotonic() - start < 120:
@@ -81,7 +91,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_result(toy_corpus: Path, tmp
         process.wait(timeout=60)
         assert_all_checkpoints_readable(killed)
     assert kills >= 2
-    subprocess.run(train_command(killed, toy_corpus), env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(train_command_of(killed), env=env, check=True, capture_output=True, timeout=300)
     assert_same_weights(uninterrupted, final_weights(killed))
 
 

@@ -50,9 +50,9 @@ class Server:
     """The app on uvicorn in a thread, listening on a free loopback port."""
 
     def __init__(self, translators: list[Translator], limits: Limits = Limits(), keys: Optional[ApiKeys] = None,
-                 max_tokens: Optional[int] = None) -> None:
-        self.pairs = [Pair(t.config.data.src_lang, t.config.data.tgt_lang, DecodingLoop(t, max_tokens))
-                      for t in translators]
+                 max_tokens: Optional[int] = None, pairs: Optional[list[Pair]] = None) -> None:
+        self.pairs = pairs or [Pair(t.config.data.src_lang, t.config.data.tgt_lang, DecodingLoop(t, max_tokens))
+                               for t in translators]
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(self.pairs, limits, keys), log_config=None, access_log=False, lifespan="on")
