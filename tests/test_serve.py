@@ -259,13 +259,13 @@ def test_oversized_bodies_are_refused_before_they_are_read(server: Server) -> No
 def test_a_client_that_leaves_costs_only_its_sentences(translator: Translator, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the loop decodes one request, a second client queues 50 sentences and hangs up: they are never decoded."""
     entered, release = threading.Event(), threading.Event()
-    decode = translator.translate_nbest
+    decode = translator.translate_mixed
 
     def held(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         release.wait(60)
         return decode(*args, **kwargs)
-    monkeypatch.setattr(translator, "translate_nbest", held)
+    monkeypatch.setattr(translator, "translate_mixed", held)
     running = Server([translator])
     loop = running.pairs[0].loop
     try:
