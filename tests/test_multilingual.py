@@ -241,3 +241,20 @@ def test_argos_packages_one_direction_with_the_tag_as_the_source_bos(postnorm: P
     pieces = [ours.tokenizer.src.encode(line, out_type=str) for line in lines]
     found = [ours.tokenizer.src.decode(r.hypotheses[0]) for r in engine.translate_batch(pieces, beam_size=1)]
     assert found == ours.translate(lines, beam=1, tgt_lang="zz")
+
+
+def test_the_tokenizer_sample_gives_each_language_its_share_by_temperature() -> None:
+    from nmt.data.multilingual import LanguageSamples
+
+    def sample(small_size: int) -> dict[str, int]:
+        samples = LanguageSamples(size=3000, seed=1, temperature=5.0)
+        samples.offer([f"big sentence {i}" for i in range(20_000)], "aa")
+        samples.offer([f"small sentence {i}" for i in range(small_size)], "bb")
+        sentences, others = samples.sentences()
+        assert others == [] and len(set(sentences)) == len(sentences) == 3000
+        return {lang: sum(s.startswith(word) for s in sentences) for lang, word in (("aa", "big"), ("bb", "small"))}
+
+    counts = sample(2_000)
+    share = temperature_shares([20_000, 2_000], 5.0)[1]
+    assert counts["bb"] == round(3000 * share) and counts["bb"] > 3000 * 2_000 / 22_000 * 3, counts
+    assert sample(1_000) == {"aa": 2000, "bb": 1000}  # fewer than its share: all of it, the rest to the other

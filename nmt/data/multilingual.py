@@ -37,9 +37,9 @@ def temperature_weights(sizes: Sequence[float], temperature: float) -> np.ndarra
 
 class LanguageSamples:
     """A sample of sentences per language for training one vocabulary for all of them: a uniform sample of
-    each language's sentences (a `SentenceSample` each, repeats dropped: English is the source of three
-    directions and the target of three more, the same sentences each time), then of those a share for
-    each language by temperature over their sizes, at most `size` sentences in all."""
+    each language's sentences (a `SentenceSample` each; the caller offers each file of a language once:
+    English is the source of three directions and the target of three more, from the same file), then
+    of those a share for each language by temperature over their sizes, at most `size` sentences in all."""
 
     def __init__(self, size: int, seed: int, temperature: float) -> None:
         self.size, self.seed, self.temperature = size, seed, temperature
@@ -53,17 +53,32 @@ class LanguageSamples:
     def sentences(self) -> tuple[list[str], list[str]]:
         """(every language's sampled sentences, []), as `Samples.sentences` gives a joint vocabulary's."""
         languages = sorted(self.samples)
-        sampled = {lang: self.samples[lang].sentences()[0] for lang in languages}
-        found = {lang: list(dict.fromkeys(sampled[lang])) for lang in languages}
-        # A language's size: its distinct sentences, estimated from the sample's share of repeats.
-        sizes = [self.samples[lang].seen[0] * len(found[lang]) / max(1, len(sampled[lang])) for lang in languages]
-        shares = temperature_shares(sizes, self.temperature)
-        total = min(self.size, sum(map(len, found.values())))
+        found = {lang: list(dict.fromkeys(self.samples[lang].sentences()[0])) for lang in languages}
+        sizes = [self.samples[lang].seen[0] for lang in languages]
+        shares = dict(zip(languages, temperature_shares(sizes, self.temperature)))
+        takes = _takes(shares, {lang: len(found[lang]) for lang in languages}, min(self.size, sum(map(len, found.values()))))
         out: list[str] = []
-        for lang, share in zip(languages, shares):
-            take = min(len(found[lang]), round(share * total))
+        for lang in languages:
             rng = np.random.default_rng([self.seed, len(out)])
-            picked = sorted(rng.choice(len(found[lang]), take, replace=False).tolist()) if take < len(found[lang]) \
-                else range(len(found[lang]))
+            picked = sorted(rng.choice(len(found[lang]), takes[lang], replace=False).tolist())
             out += [found[lang][i] for i in picked]
         return out, []
+
+
+def _takes(shares: dict[str, float], available: dict[str, int], total: int) -> dict[str, int]:
+    """Sentences to take of each language: `total` by `shares`, a language with fewer than its share
+    giving all it has and the rest going to the others by their shares."""
+    takes: dict[str, int] = {}
+    left, budget = dict(shares), total
+    while left:
+        weight = sum(left.values()) or 1.0
+        short = [lang for lang, share in left.items() if available[lang] <= share / weight * budget]
+        if not short:
+            break
+        for lang in short:
+            takes[lang] = available[lang]
+            budget -= available[lang]
+            del left[lang]
+    weight = sum(left.values()) or 1.0
+    takes.update({lang: min(available[lang], round(share / weight * budget)) for lang, share in left.items()})
+    return takes

@@ -259,13 +259,18 @@ class Preparation:
         directions, `LanguageSamples`: a share for each language by data.temperature)."""
         samples: Samples | LanguageSamples = (LanguageSamples(size, seed, self.config.temperature)
                                               if self.config.pairs else Samples(size, seed, joint))
+        offered: set[tuple[str, str]] = set()  # (language, file or corpus): each side sampled once
         for index, corpus in enumerate(self.corpora):
             offer = samples.offer
             if isinstance(samples, LanguageSamples):
-                src_lang, tgt_lang = self.languages[index]
-                def offer(src: list[str], tgt: list[str], s=src_lang, t=tgt_lang) -> None:
-                    samples.offer(src, s)
-                    samples.offer(tgt, t)
+                sides = [(lang, str(corpus.paths[side]) if corpus.kind == "pair" else f"{corpus.spec}|{side}")
+                         for side, lang in enumerate(self.languages[index])]
+                new = [side not in offered for side in sides]
+                offered.update(sides)
+                def offer(src: list[str], tgt: list[str], sides=sides, new=new) -> None:
+                    for lines, (lang, _), fresh in zip((src, tgt), sides, new):
+                        if fresh:
+                            samples.offer(lines, lang)
             self.scans[index] = self._guard(corpus, lambda: self._scan(index, offer))
         return samples.sentences()
 
