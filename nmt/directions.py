@@ -19,6 +19,12 @@ def directions(config: DataConfig) -> list[tuple[str, str]]:
     return [tuple(PAIR.fullmatch(p).groups()) for p in config.pairs]  # type: ignore[misc]
 
 
+def for_direction(path: str, src_lang: str, tgt_lang: str) -> str:
+    """A corpus path with a direction's languages put in for `{src}` and `{tgt}` (a corpus of its own per
+    direction: europarl.{src}-{tgt})."""
+    return path.replace("{src}", src_lang).replace("{tgt}", tgt_lang)
+
+
 def target_languages(config: DataConfig) -> list[str]:
     """The languages a multilingual run translates into, in the order data.pairs first names them: its tags."""
     return list(dict.fromkeys(tgt for _, tgt in directions(config))) if config.pairs else []

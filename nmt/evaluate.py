@@ -12,6 +12,8 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
 from nmt.data import check_output_path, read_lines
+from nmt.data.reading import with_gz
+from nmt.directions import directions as trained_directions
 from nmt.errors import DataError, NMTError
 from nmt.files import write_lines_atomic
 from nmt.translator import Translator
@@ -169,11 +171,9 @@ def evaluate_model(model_dir: Path, src_path: Path, ref_path: Path | Sequence[Pa
 
 
 def _language_file(prefix: Path, language: str) -> Optional[Path]:
-    """PREFIX.LANG or PREFIX.LANG.gz, whichever exists."""
-    for path in (prefix.with_name(f"{prefix.name}.{language}"), prefix.with_name(f"{prefix.name}.{language}.gz")):
-        if path.is_file():
-            return path
-    return None
+    """PREFIX.LANG or PREFIX.LANG.gz, whichever exists (as a corpus's files are found), or None."""
+    path = with_gz(prefix.with_name(f"{prefix.name}.{language}"))
+    return path if path.is_file() else None
 
 
 def evaluate_directions(model_dir: Path, prefix: Path, directions: Sequence[str] = (), beam: Optional[int] = None,
@@ -186,8 +186,9 @@ def evaluate_directions(model_dir: Path, prefix: Path, directions: Sequence[str]
     finds in another of the model's languages than the one asked for ("off_target")."""
     decode = decode or {}
     translator = Translator.load(model_dir, device, None, decode.get("precision"))
-    trained = list(translator.config.data.pairs) or [f"{translator.config.data.src_lang}-{translator.config.data.tgt_lang}"]
-    languages = list(dict.fromkeys(code for pair in trained for code in pair.split("-")))
+    pairs = trained_directions(translator.config.data)
+    trained = [f"{s}-{t}" for s, t in pairs]
+    languages = list(dict.fromkeys(code for pair in pairs for code in pair))
     targets = translator.tokenizer.languages() or [translator.config.data.tgt_lang]
     asked = bool(directions)
     wanted = list(directions) or trained + [f"{s}-{t}" for s in languages for t in languages

@@ -15,7 +15,7 @@ import torch
 
 from nmt import checkpoint, distributed
 from nmt.config import MEAN, Config, DataConfig, resumable_keys, save_config, to_dict, with_init
-from nmt.directions import directions, target_languages
+from nmt.directions import directions, for_direction, target_languages
 from nmt.data import Preparation, TrainingData, cache_root, read_corpus
 from nmt.errors import CheckpointError, ConfigError
 from nmt.evaluate import bleu, evaluate_model
@@ -56,7 +56,7 @@ def _prepare_data(config: Config, run_dir: Path, resuming: bool, initial: Option
     pairs = directions(d)
     with Preparation(d, d.workers, quiet=not distributed.is_main()) as preparation:
         valid = [(_valid_name(v.name, s, tgt, d), s, tgt,
-                  *read_corpus(v.path.replace("{src}", s).replace("{tgt}", tgt), s, tgt, d.valid_split, d.hub_config))
+                  *read_corpus(for_direction(v.path, s, tgt), s, tgt, d.valid_split, d.hub_config))
                  for v in d.valid for s, tgt in pairs]
         if resuming or not distributed.is_main():
             tokenizer = load_tokenizer(run_dir, t.language_tags)

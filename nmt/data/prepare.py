@@ -41,7 +41,7 @@ from nmt.data.cleaning import CleanStats, SentenceSample, first_occurrences, len
 from nmt.data.multilingual import LanguageSamples, temperature_shares, temperature_weights
 from nmt.data.reading import CorpusSource, HashMemo, open_corpus
 from nmt.data.store import StoreWriter, TokenStore, id_dtype, record_batches
-from nmt.directions import directions
+from nmt.directions import directions, for_direction
 from nmt.errors import DataError
 from nmt.tokenizer import Tokenizer
 
@@ -234,10 +234,11 @@ class Preparation:
         self.config, self.quiet = config, quiet
         self.workers = workers or len(os.sched_getaffinity(0))
         self.root = cache_root(config)
-        self.languages = [pair for pair in directions(config) for _ in config.train]  # each corpus's direction
-        self.corpora = [open_corpus(c.path.replace("{src}", s).replace("{tgt}", t), s, t, config.train_split,
-                                    config.hub_config)
-                        for (s, t), c in zip(self.languages, [c for _ in directions(config) for c in config.train])]
+        # Each corpus of data.train once per direction: its entry and its direction.
+        self.entries = [(c, pair) for pair in directions(config) for c in config.train]
+        self.languages = [pair for _, pair in self.entries]
+        self.corpora = [open_corpus(for_direction(c.path, s, t), s, t, config.train_split, config.hub_config)
+                        for c, (s, t) in self.entries]
         memo = HashMemo(self.root / "file-hashes.json")
         self.keys = [corpus.content_key(memo) for corpus in self.corpora]
         self.work = self.root / "tmp" / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -302,7 +303,7 @@ class Preparation:
 
     def _weights(self, rows: list[int]) -> list[float]:
         """Each corpus's weight: its own (data.train's), times its direction's temperature factor."""
-        own = [t.weight for _ in directions(self.config) for t in self.config.train]
+        own = [c.weight for c, _ in self.entries]
         if not self.config.pairs:
             return own
         pairs = directions(self.config)

@@ -283,7 +283,8 @@ def _hub_revision(name: str) -> str:
         return HfApi().dataset_info(name).sha or ""
 
 
-def _with_gz(path: Path) -> Path:
+def with_gz(path: Path) -> Path:
+    """`path`, or PATH.gz where only that exists."""
     gz = path.with_name(path.name + ".gz")
     return gz if not path.exists() and gz.exists() else path
 
@@ -328,8 +329,8 @@ def open_corpus(spec: str, src_lang: str, tgt_lang: str, split: str = "train", h
         if name.endswith(suffix):
             _open_binary(path).close()
             return CorpusSource(spec, kind, src_lang, tgt_lang, (path,), total=path.stat().st_size)
-    src_path = _with_gz(path.with_name(f"{path.name}.{src_lang}"))
-    tgt_path = _with_gz(path.with_name(f"{path.name}.{tgt_lang}"))
+    src_path = with_gz(path.with_name(f"{path.name}.{src_lang}"))
+    tgt_path = with_gz(path.with_name(f"{path.name}.{tgt_lang}"))
     if not src_path.exists() and not path.exists():
         raise DataError(f"{spec}: corpus not found (looked for {src_path} and {tgt_path}, a .tsv/.jsonl file or a dataset dir)")
     for part in (src_path, tgt_path):
