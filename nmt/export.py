@@ -196,8 +196,8 @@ def export_argos(model_dir: Path, output: Path, quantization: str | None = None,
         if not src_lang or not tgt_lang:
             raise NMTError(f"{model_dir} translates {', '.join(data.pairs)}: an Argos package holds one direction; "
                            "give --src-lang and --tgt-lang")
-        translator.tokenizer_for(src_lang, tgt_lang)  # a language without a tag is refused here, in one line
-        tag = translator.tokenizer.tags[tgt_lang]
+        tagged = translator.tokenizer_for(src_lang, tgt_lang)  # a language without a tag is refused here, in one line
+        tag = tagged.src.id_to_piece(tagged.src_prefix[0])  # the tag of the code it matched ("deu" names "de")
         data = dataclasses.replace(data, src_lang=src_lang, tgt_lang=tgt_lang)
     elif (src_lang and src_lang != data.src_lang) or (tgt_lang and tgt_lang != data.tgt_lang):
         raise NMTError(f"{model_dir} translates {data.src_lang}-{data.tgt_lang} only")
